@@ -1,0 +1,37 @@
+# simrelay: `make run` sets up and runs the host with the default plugins; `make test` runs
+# every test. Both need only rustup and cargo.
+
+CARGO ?= cargo
+PLUGINS := ejoin smsbower
+WASM_DIR := target/wasm32-wasip2/release
+CONFIG ?= examples/simrelay.toml
+
+# Local settings (API keys, provider URLs) live in .env, which git ignores.
+-include .env
+export
+
+.PHONY: build plugins host run test bench lint wasm-target
+
+build: host plugins
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+plugins: wasm-target
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(PLUGINS))
+
+host:
+	$(CARGO) build --release -p simrelay
+
+run: build
+	./target/release/simrelay serve --config $(CONFIG)
+
+test: build
+	$(CARGO) test --release --workspace
+
+bench: build
+	$(CARGO) bench -p simrelay --bench adapter_call
+
+lint: wasm-target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

@@ -1,0 +1,223 @@
+//! The configuration file: plugin instances, their settings, routes and event wiring.
+//!
+//! Values may name environment variables as `${NAME}` or `${NAME:-default}`, so one file
+//! serves production and a local mock, and secrets stay out of the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub host: HostConfig,
+    pub instances: BTreeMap<String, InstanceConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Path of the plugin component, relative to the configuration file.
+    pub plugin: PathBuf,
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Instances that receive this one's events.
+    #[serde(default)]
+    pub forward_to: Vec<String>,
+    /// Hosts this instance's deliveries may reach: `host`, `host:port` or a URL.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Seconds between `on-tick` calls, for plugins that ask for ticks.
+    pub tick_interval_secs: Option<u64>,
+}
+
+/// The sandbox of every call into an instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub timeout_ms: u64,
+    pub memory_mb: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 1_000,
+            memory_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern with captures, e.g. `/api/{key}/webhook`.
+    pub path: String,
+    /// HTTP method; any when absent.
+    pub method: Option<String>,
+    pub instance: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve(base, &|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+        for (name, instance) in &mut self.instances {
+            instance.plugin = base.join(&instance.plugin);
+            for (key, value) in instance.settings.iter_mut() {
+                *value = interpolate(value, env)
+                    .with_context(|| format!("instances.{name}.settings.{key}"))?;
+            }
+            for host in instance.allow_hosts.iter_mut() {
+                *host = interpolate(host, env)
+                    .with_context(|| format!("instances.{name}.allow_hosts"))?;
+            }
+        }
+        if let Some(dir) = &mut self.host.data_dir {
+            *dir = base.join(&dir);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        for route in &self.routes {
+            if !self.instances.contains_key(&route.instance) {
+                bail!("route {} names unknown instance `{}`", route.path, route.instance);
+            }
+            crate::router::Pattern::parse(&route.path)?;
+        }
+        for (name, instance) in &self.instances {
+            for target in &instance.forward_to {
+                if !self.instances.contains_key(target) {
+                    bail!("instances.{name}.forward_to names unknown instance `{target}`");
+                }
+            }
+        }
+        self.reject_cycles()
+    }
+
+    /// Events flowing in a circle would never settle.
+    fn reject_cycles(&self) -> Result<()> {
+        fn visit<'a>(
+            config: &'a Config,
+            name: &'a str,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) -> Result<()> {
+            if let Some(start) = path.iter().position(|seen| *seen == name) {
+                let mut cycle = path[start..].to_vec();
+                cycle.push(name);
+                bail!("forward_to forms a cycle: {}", cycle.join(" -> "));
+            }
+            if !done.insert(name) {
+                return Ok(());
+            }
+            path.push(name);
+            for target in &config.instances[name].forward_to {
+                visit(config, target, path, done)?;
+            }
+            path.pop();
+            Ok(())
+        }
+        let mut done = BTreeSet::new();
+        for name in self.instances.keys() {
+            visit(self, name, &mut Vec::new(), &mut done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` with the environment's values.
+fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            bail!("unclosed `${{` in `{value}`");
+        };
+        let expr = &rest[start + 2..start + end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expr, None),
+        };
+        match (env(name).filter(|set| !set.is_empty()), default) {
+            (Some(set), _) => out.push_str(&set),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => bail!("environment variable {name} is not set"),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SET").then(|| "value".to_string())
+    }
+
+    #[test]
+    fn interpolates_variables_and_defaults() {
+        assert_eq!(interpolate("a${SET}b", &env).unwrap(), "avalueb");
+        assert_eq!(interpolate("${UNSET:-10}", &env).unwrap(), "10");
+        assert_eq!(interpolate("${SET:-10}", &env).unwrap(), "value");
+        assert_eq!(interpolate("plain", &env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn names_the_missing_variable() {
+        let error = interpolate("${UNSET}", &env).unwrap_err().to_string();
+        assert_eq!(error, "environment variable UNSET is not set");
+    }
+
+    fn parse(text: &str) -> Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        config.resolve(Path::new("/etc"), &env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn resolves_plugin_paths_against_the_config_file() {
+        let config = parse("[instances.a]\nplugin = \"a.wasm\"\n").unwrap();
+        assert_eq!(config.instances["a"].plugin, Path::new("/etc/a.wasm"));
+    }
+
+    #[test]
+    fn rejects_unknown_references_and_cycles() {
+        let unknown_route = "[instances.a]\nplugin = \"a.wasm\"\n[[routes]]\npath = \"/x\"\ninstance = \"b\"\n";
+        assert!(parse(unknown_route).unwrap_err().to_string().contains("unknown instance `b`"));
+        let cycle = "[instances.a]\nplugin = \"a.wasm\"\nforward_to = [\"b\"]\n[instances.b]\nplugin = \"b.wasm\"\nforward_to = [\"a\"]\n";
+        assert!(parse(cycle).unwrap_err().to_string().contains("cycle: a -> b -> a"));
+        let typo = "[instances.a]\nplugin = \"a.wasm\"\nforward = [\"b\"]\n";
+        assert!(format!("{:#}", parse(typo).unwrap_err()).contains("unknown field `forward`"));
+    }
+}

@@ -1,0 +1,265 @@
+//! The embedded on-disk database: plugin key-value state, deliveries and queued events.
+//!
+//! Everything one plugin call produced (its key-value writes, the deliveries it asked for,
+//! the events for downstream instances, and the fate of the input it consumed) commits in
+//! one durable transaction, so a crash leaves either all of it or none of it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{Event, OutgoingRequest};
+use crate::kv::KvWrites;
+
+/// (store label, key) → value.
+const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// delivery id → JSON [`DeliveryRecord`].
+const DELIVERIES: TableDefinition<u64, &str> = TableDefinition::new("deliveries");
+/// (instance, idempotency key) → delivery id.
+const DELIVERY_KEYS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery_keys");
+/// event id → JSON [`QueuedEvent`].
+const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending { next_attempt_ms: u64 },
+    Delivered { at_ms: u64 },
+    GaveUp { at_ms: u64, reason: String },
+}
+
+/// An HTTP request a plugin asked the host to deliver, and what has become of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: u64,
+    pub instance: String,
+    pub idempotency_key: String,
+    /// The message whose handling asked for it; logged with every attempt.
+    pub message_id: String,
+    pub request: OutgoingRequest,
+    pub created_ms: u64,
+    pub attempts: u32,
+    pub state: DeliveryState,
+    /// The last response status or transport error, for operators.
+    pub last_result: Option<String>,
+}
+
+/// An event on its way to one downstream instance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueuedEvent {
+    pub id: u64,
+    pub source: String,
+    pub target: String,
+    pub message_id: String,
+    pub event: Event,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+}
+
+/// A delivery asked for by a call, before it has an id.
+pub struct NewDelivery {
+    pub idempotency_key: String,
+    pub request: OutgoingRequest,
+}
+
+/// An event asked for by a call, before it has an id.
+pub struct NewEvent {
+    pub target: String,
+    pub event: Event,
+}
+
+/// What happens to the input a call consumed.
+pub enum Consumed {
+    /// A webhook or a tick: nothing stored to update.
+    Nothing,
+    EventHandled(u64),
+    EventFailed(QueuedEvent),
+    DeliveryUpdated(DeliveryRecord),
+}
+
+/// The whole outcome of one plugin call.
+pub struct Commit {
+    pub instance: String,
+    pub message_id: String,
+    pub now_ms: u64,
+    pub kv: KvWrites,
+    pub deliveries: Vec<NewDelivery>,
+    pub events: Vec<NewEvent>,
+    pub consumed: Consumed,
+}
+
+/// What a commit added, for the workers to schedule.
+#[derive(Default)]
+pub struct Committed {
+    pub deliveries: Vec<(u64, u64)>,
+    pub events: Vec<(u64, u64)>,
+    /// Deliveries dropped because the instance already had one with the same key.
+    pub duplicate_deliveries: usize,
+}
+
+pub struct Db {
+    db: Database,
+}
+
+impl Db {
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let path = data_dir.join("simrelay.redb");
+        let db = Database::create(&path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(KV)?;
+        txn.open_table(DELIVERIES)?;
+        txn.open_table(DELIVERY_KEYS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(COUNTERS)?;
+        txn.commit()?;
+        Ok(Db { db })
+    }
+
+    pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        Ok(table.get((label, key))?.map(|value| value.value().to_vec()))
+    }
+
+    pub fn kv_keys(&self, label: &str) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        // Labels never contain NUL, so (label, "") .. (label, "\0"-less max) spans one label.
+        let mut keys = Vec::new();
+        for entry in table.range((label, "")..)? {
+            let (key, _) = entry?;
+            let (entry_label, entry_key) = key.value();
+            if entry_label != label {
+                break;
+            }
+            keys.push(entry_key.to_string());
+        }
+        Ok(keys)
+    }
+
+    pub fn commit(&self, commit: Commit) -> Result<Committed> {
+        let mut committed = Committed::default();
+        let txn = self.db.begin_write()?;
+        {
+            let mut kv = txn.open_table(KV)?;
+            for (key, value) in &commit.kv {
+                match value {
+                    Some(value) => kv.insert((commit.instance.as_str(), key.as_str()), value.as_slice())?,
+                    None => kv.remove((commit.instance.as_str(), key.as_str()))?,
+                };
+            }
+
+            let mut counters = txn.open_table(COUNTERS)?;
+            let mut next_id = counters.get("next_id")?.map_or(1, |value| value.value());
+            let mut allocate = || {
+                next_id += 1;
+                next_id - 1
+            };
+
+            let mut deliveries = txn.open_table(DELIVERIES)?;
+            let mut keys = txn.open_table(DELIVERY_KEYS)?;
+            for delivery in commit.deliveries {
+                let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
+                if keys.get(unique)?.is_some() {
+                    committed.duplicate_deliveries += 1;
+                    continue;
+                }
+                let record = DeliveryRecord {
+                    id: allocate(),
+                    instance: commit.instance.clone(),
+                    idempotency_key: delivery.idempotency_key.clone(),
+                    message_id: commit.message_id.clone(),
+                    request: delivery.request,
+                    created_ms: commit.now_ms,
+                    attempts: 0,
+                    state: DeliveryState::Pending { next_attempt_ms: commit.now_ms },
+                    last_result: None,
+                };
+                keys.insert(unique, record.id)?;
+                deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
+                committed.deliveries.push((commit.now_ms, record.id));
+            }
+
+            let mut events = txn.open_table(EVENTS)?;
+            for event in commit.events {
+                let queued = QueuedEvent {
+                    id: allocate(),
+                    source: commit.instance.clone(),
+                    target: event.target,
+                    message_id: commit.message_id.clone(),
+                    event: event.event,
+                    attempts: 0,
+                    next_attempt_ms: commit.now_ms,
+                    last_error: None,
+                };
+                events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
+                committed.events.push((commit.now_ms, queued.id));
+            }
+
+            match commit.consumed {
+                Consumed::Nothing => {}
+                Consumed::EventHandled(id) => {
+                    events.remove(id)?;
+                }
+                Consumed::EventFailed(queued) => {
+                    events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
+                }
+                Consumed::DeliveryUpdated(record) => {
+                    deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
+                }
+            }
+            counters.insert("next_id", next_id)?;
+        }
+        txn.commit()?;
+        Ok(committed)
+    }
+
+    pub fn delivery(&self, id: u64) -> Result<Option<DeliveryRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DELIVERIES)?;
+        table
+            .get(id)?
+            .map(|json| serde_json::from_str(json.value()).context("corrupt delivery record"))
+            .transpose()
+    }
+
+    pub fn queued_event(&self, id: u64) -> Result<Option<QueuedEvent>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        table
+            .get(id)?
+            .map(|json| serde_json::from_str(json.value()).context("corrupt queued event"))
+            .transpose()
+    }
+
+    pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DELIVERIES)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (_, json) = entry?;
+                serde_json::from_str(json.value()).context("corrupt delivery record")
+            })
+            .collect()
+    }
+
+    pub fn queued_events(&self) -> Result<Vec<QueuedEvent>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (_, json) = entry?;
+                serde_json::from_str(json.value()).context("corrupt queued event")
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,27 @@
+//! simrelay: a WebAssembly plugin host that relays SMS between GSM gateways, Android SMS
+//! gateways and SMS-activation marketplaces.
+//!
+//! Each provider is an adapter plugin: a sans-I/O component that turns inputs into outputs.
+//! The host owns all I/O: it routes webhooks to plugins ([`server`], [`router`]), passes
+//! their events downstream and performs their HTTP deliveries durably ([`relay`],
+//! [`delivery`]), keeps each instance's key-value state ([`kv`], [`db`]) and sandboxes
+//! every call ([`runtime`]).
+
+pub mod abi;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod kv;
+pub mod queue;
+pub mod redact;
+pub mod relay;
+pub mod router;
+pub mod runtime;
+pub mod server;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

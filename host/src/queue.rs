@@ -1,0 +1,64 @@
+//! In-memory schedule of stored work (deliveries, queued events) by due time.
+//!
+//! The database is the truth; this only says what to look at next, and is rebuilt from the
+//! database at start-up.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct DueQueue {
+    heap: Mutex<BinaryHeap<Reverse<(u64, u64)>>>,
+    changed: Notify,
+}
+
+impl DueQueue {
+    pub fn schedule(&self, due_ms: u64, id: u64) {
+        self.heap.lock().unwrap().push(Reverse((due_ms, id)));
+        self.changed.notify_one();
+    }
+
+    /// Waits until the earliest item is due and takes it.
+    pub async fn next_due(&self) -> u64 {
+        loop {
+            let wait = {
+                let mut heap = self.heap.lock().unwrap();
+                match heap.peek() {
+                    Some(Reverse((due, _))) if *due <= crate::now_ms() => {
+                        return heap.pop().map(|Reverse((_, id))| id).unwrap_or_default();
+                    }
+                    Some(Reverse((due, _))) => Some(Duration::from_millis(due - crate::now_ms())),
+                    None => None,
+                }
+            };
+            match wait {
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, self.changed.notified()).await;
+                }
+                None => self.changed.notified().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hands_out_due_items_in_time_order() {
+        let queue = DueQueue::default();
+        let now = crate::now_ms();
+        queue.schedule(now + 30, 3);
+        queue.schedule(now, 1);
+        queue.schedule(now + 10, 2);
+        assert_eq!(queue.next_due().await, 1);
+        assert_eq!(queue.next_due().await, 2);
+        assert_eq!(queue.next_due().await, 3);
+        assert!(crate::now_ms() >= now + 30);
+    }
+}

@@ -1,0 +1,225 @@
+//! The wasm runtime: loads plugin components and runs each call in its own sandbox.
+//!
+//! Every call gets a fresh instance with a CPU deadline (epoch interruption), a memory cap,
+//! no files, sockets or environment, and captured stdout/stderr. A plugin that traps,
+//! loops or exhausts memory fails that call only.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, types::ComponentItem};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::abi::{self, Descriptor, v0_1};
+use crate::config::Limits;
+use crate::kv::{self, KvOverlay};
+
+/// How often the deadline clock ticks; call deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Bytes of stdout and of stderr kept from one call.
+const OUTPUT_CAPACITY: usize = 64 * 1024;
+
+/// What one call's store holds.
+pub struct CallState {
+    kv: KvOverlay,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The compiler and linker shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+}
+
+/// A plugin component, compiled, linked and described.
+pub struct LoadedPlugin {
+    pub descriptor: Descriptor,
+    pre: v0_1::PluginPre<CallState>,
+}
+
+/// Why a call produced nothing.
+#[derive(Debug)]
+pub enum CallError {
+    /// The plugin returned an error of its own.
+    Plugin(String),
+    /// The plugin trapped, ran out of time or memory, or broke the interface.
+    Trap(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Plugin(message) => write!(f, "plugin error: {message}"),
+            CallError::Trap(message) => write!(f, "plugin crashed: {message}"),
+        }
+    }
+}
+
+/// One finished call: its result, the key-value writes it made and what it printed.
+pub struct CallRecord<R> {
+    pub result: Result<R, CallError>,
+    pub kv: KvOverlay,
+    pub output: String,
+}
+
+impl Runtime {
+    pub fn new() -> Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        kv::bindings::Imports::add_to_linker::<_, HasSelf<KvOverlay>>(&mut linker, |state| {
+            &mut state.kv
+        })
+        .map_err(anyhow::Error::from)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Arc::new(Runtime { engine, linker }))
+    }
+
+    /// Compiles, links and describes a plugin; any failure leaves nothing loaded.
+    pub fn load(&self, path: &Path, limits: &Limits) -> Result<LoadedPlugin> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+            format!("{} is not a valid WebAssembly component", path.display())
+        })?;
+        self.check_interface_version(&component)
+            .with_context(|| format!("cannot load plugin {}", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("plugin {} needs imports simrelay does not grant", path.display()))?;
+        let pre = v0_1::PluginPre::new(pre).map_err(anyhow::Error::from)?;
+        let mut plugin = LoadedPlugin {
+            descriptor: Descriptor {
+                name: String::new(),
+                version: String::new(),
+                api_version: String::new(),
+                capabilities: Vec::new(),
+                settings: Vec::new(),
+            },
+            pre,
+        };
+        let kv = KvOverlay::detached();
+        let described = self.call(&plugin, kv, limits, |bindings, store| {
+            bindings.simrelay_adapter_adapter().call_describe(store).map(Ok)
+        });
+        plugin.descriptor = described
+            .result
+            .map_err(|error| anyhow::anyhow!("{error}"))
+            .with_context(|| format!("plugin {} failed to describe itself", path.display()))?;
+        Ok(plugin)
+    }
+
+    /// Refuses a plugin built for an interface version this host does not speak.
+    fn check_interface_version(&self, component: &Component) -> Result<()> {
+        let ty = component.component_type();
+        let prefix = format!("{}@", abi::ADAPTER_INTERFACE);
+        let versions: Vec<String> = ty
+            .exports(&self.engine)
+            .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
+            .filter_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        if versions.iter().any(|v| abi::SUPPORTED_VERSIONS.contains(&v.as_str())) {
+            return Ok(());
+        }
+        let speaks = abi::SUPPORTED_VERSIONS.join(", ");
+        match versions.first() {
+            Some(version) => bail!(
+                "it was built for simrelay:adapter@{version}; this host speaks {speaks}"
+            ),
+            None => bail!(
+                "it is not a simrelay plugin: it exports no `{}` interface",
+                abi::ADAPTER_INTERFACE
+            ),
+        }
+    }
+
+    /// Runs `call` in a fresh, sandboxed instance of `plugin`.
+    pub fn call<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        kv: KvOverlay,
+        limits: &Limits,
+        call: impl FnOnce(&v0_1::Plugin, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> CallRecord<R> {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = CallState {
+            kv,
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_mb << 20)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let ticks = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        store.set_epoch_deadline(ticks.max(1) + 1);
+
+        let outcome = plugin
+            .pre
+            .instantiate(&mut store)
+            .and_then(|bindings| call(&bindings, &mut store));
+        let result = match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(CallError::Plugin(message)),
+            Err(error) => Err(CallError::Trap(describe_trap(&error, limits))),
+        };
+        let mut output = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        output.push_str(&String::from_utf8_lossy(&stderr.contents()));
+        CallRecord {
+            result,
+            kv: store.into_data().kv,
+            output,
+        }
+    }
+}
+
+fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("exceeded its CPU deadline of {} ms", limits.timeout_ms),
+        Some(Trap::AllocationTooLarge) => {
+            format!("exceeded its memory limit of {} MiB", limits.memory_mb)
+        }
+        _ if format!("{error:?}").contains("forcing trap when growing memory") => {
+            format!("exceeded its memory limit of {} MiB", limits.memory_mb)
+        }
+        _ => format!("{error:#}"),
+    }
+}

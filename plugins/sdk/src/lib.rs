@@ -1,0 +1,219 @@
+//! Guest SDK for simrelay adapter plugins.
+//!
+//! An adapter implements [`Adapter`] as plain functions of its inputs and a [`KeyValue`]
+//! store, and exports itself with [`export_adapter!`]. Compiled for `wasm32-wasip2` the
+//! store is the host's `wasi:keyvalue` bucket; in native unit tests it is a [`MemoryStore`],
+//! so adapter logic is tested with plain `cargo test` and no wasm runtime.
+
+mod store;
+
+pub use store::{KeyValue, MemoryStore, WasiStore};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_plugin",
+        default_bindings_module: "simrelay_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub use bindings::simrelay::adapter::types::{
+    CallContext, Capability, Delivery, DeliveryOutcome, DeliveryRef, DeliveryState,
+    DeliveryStatus, Descriptor, Effects, Event, HttpReply, HttpRequest, HttpResponse,
+    MessageKind, OutgoingRequest, ReceivedMessage, ResponseOutcome, SendRequest, SettingSpec,
+    SimState, SimStatus, Verdict, WebhookOutcome,
+};
+
+/// The interface version this SDK builds plugins against.
+pub const API_VERSION: &str = "0.1.0";
+
+/// A provider adapter. Every hook has a default, so an adapter implements only the inputs
+/// it handles.
+pub trait Adapter {
+    fn describe() -> Descriptor;
+
+    fn on_webhook(
+        ctx: &CallContext,
+        kv: &dyn KeyValue,
+        request: HttpRequest,
+    ) -> Result<WebhookOutcome, String> {
+        let _ = (ctx, kv, request);
+        Ok(WebhookOutcome {
+            reply: HttpReply::json(404, r#"{"error":"this plugin accepts no webhooks"}"#),
+            effects: Effects::none(),
+        })
+    }
+
+    fn on_event(ctx: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+        let _ = (ctx, kv, event);
+        Ok(Effects::none())
+    }
+
+    fn on_response(
+        ctx: &CallContext,
+        kv: &dyn KeyValue,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<ResponseOutcome, String> {
+        let _ = (ctx, kv, delivery, outcome);
+        Ok(ResponseOutcome {
+            verdict: Verdict::Delivered,
+            effects: Effects::none(),
+        })
+    }
+
+    fn on_tick(ctx: &CallContext, kv: &dyn KeyValue) -> Result<Effects, String> {
+        let _ = (ctx, kv);
+        Ok(Effects::none())
+    }
+}
+
+impl CallContext {
+    /// The value of a configured setting.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The value of a setting the plugin cannot work without. The error names the setting,
+    /// never its value.
+    pub fn required_setting(&self, name: &str) -> Result<&str, String> {
+        self.setting(name)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| format!("setting `{name}` is not configured"))
+    }
+
+    /// A context for native unit tests.
+    pub fn for_tests(settings: &[(&str, &str)]) -> Self {
+        CallContext {
+            instance: "test".into(),
+            settings: settings
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            store: "test".into(),
+            message_id: "test-message".into(),
+            now_ms: 1_700_000_000_000,
+        }
+    }
+}
+
+impl Effects {
+    pub fn none() -> Self {
+        Effects {
+            events: Vec::new(),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+impl HttpReply {
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        HttpReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+        }
+    }
+}
+
+impl HttpRequest {
+    /// The value of a route capture, e.g. `key` in `/api/{key}/webhook`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+impl OutgoingRequest {
+    /// A POST with a JSON body.
+    pub fn post_json(url: String, body: Vec<u8>) -> Self {
+        OutgoingRequest {
+            method: "POST".into(),
+            url,
+            headers: vec![(
+                "content-type".into(),
+                "application/json; charset=utf-8".into(),
+            )],
+            body,
+            timeout_ms: None,
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod __export {
+    //! What [`export_adapter!`](crate::export_adapter) expands to call: open the instance's
+    //! store, then hand over to the adapter.
+    use super::*;
+
+    pub fn on_webhook<A: Adapter>(
+        ctx: CallContext,
+        request: HttpRequest,
+    ) -> Result<WebhookOutcome, String> {
+        A::on_webhook(&ctx, &WasiStore::open(&ctx.store)?, request)
+    }
+
+    pub fn on_event<A: Adapter>(ctx: CallContext, event: Event) -> Result<Effects, String> {
+        A::on_event(&ctx, &WasiStore::open(&ctx.store)?, event)
+    }
+
+    pub fn on_response<A: Adapter>(
+        ctx: CallContext,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<ResponseOutcome, String> {
+        A::on_response(&ctx, &WasiStore::open(&ctx.store)?, delivery, outcome)
+    }
+
+    pub fn on_tick<A: Adapter>(ctx: CallContext) -> Result<Effects, String> {
+        A::on_tick(&ctx, &WasiStore::open(&ctx.store)?)
+    }
+}
+
+/// Exports an [`Adapter`] as the plugin's `simrelay:adapter/adapter` implementation.
+#[macro_export]
+macro_rules! export_adapter {
+    ($adapter:ty) => {
+        #[doc(hidden)]
+        pub struct __SimrelayExport;
+
+        impl $crate::bindings::exports::simrelay::adapter::adapter::Guest for __SimrelayExport {
+            fn describe() -> $crate::Descriptor {
+                <$adapter as $crate::Adapter>::describe()
+            }
+            fn on_webhook(
+                ctx: $crate::CallContext,
+                request: $crate::HttpRequest,
+            ) -> Result<$crate::WebhookOutcome, String> {
+                $crate::__export::on_webhook::<$adapter>(ctx, request)
+            }
+            fn on_event(
+                ctx: $crate::CallContext,
+                event: $crate::Event,
+            ) -> Result<$crate::Effects, String> {
+                $crate::__export::on_event::<$adapter>(ctx, event)
+            }
+            fn on_response(
+                ctx: $crate::CallContext,
+                delivery: $crate::DeliveryRef,
+                outcome: $crate::DeliveryOutcome,
+            ) -> Result<$crate::ResponseOutcome, String> {
+                $crate::__export::on_response::<$adapter>(ctx, delivery, outcome)
+            }
+            fn on_tick(ctx: $crate::CallContext) -> Result<$crate::Effects, String> {
+                $crate::__export::on_tick::<$adapter>(ctx)
+            }
+        }
+
+        $crate::bindings::export_plugin!(__SimrelayExport with_types_in $crate::bindings);
+    };
+}
