@@ -106,7 +106,11 @@ impl Config {
     fn validate(&self) -> Result<()> {
         for route in &self.routes {
             if !self.instances.contains_key(&route.instance) {
-                bail!("route {} names unknown instance `{}`", route.path, route.instance);
+                bail!(
+                    "route {} names unknown instance `{}`",
+                    route.path,
+                    route.instance
+                );
             }
             crate::router::Pattern::parse(&route.path)?;
         }
@@ -213,10 +217,21 @@ mod tests {
 
     #[test]
     fn rejects_unknown_references_and_cycles() {
-        let unknown_route = "[instances.a]\nplugin = \"a.wasm\"\n[[routes]]\npath = \"/x\"\ninstance = \"b\"\n";
-        assert!(parse(unknown_route).unwrap_err().to_string().contains("unknown instance `b`"));
+        let unknown_route =
+            "[instances.a]\nplugin = \"a.wasm\"\n[[routes]]\npath = \"/x\"\ninstance = \"b\"\n";
+        assert!(
+            parse(unknown_route)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown instance `b`")
+        );
         let cycle = "[instances.a]\nplugin = \"a.wasm\"\nforward_to = [\"b\"]\n[instances.b]\nplugin = \"b.wasm\"\nforward_to = [\"a\"]\n";
-        assert!(parse(cycle).unwrap_err().to_string().contains("cycle: a -> b -> a"));
+        assert!(
+            parse(cycle)
+                .unwrap_err()
+                .to_string()
+                .contains("cycle: a -> b -> a")
+        );
         let typo = "[instances.a]\nplugin = \"a.wasm\"\nforward = [\"b\"]\n";
         assert!(format!("{:#}", parse(typo).unwrap_err()).contains("unknown field `forward`"));
     }

@@ -151,7 +151,9 @@ impl Db {
             let mut kv = txn.open_table(KV)?;
             for (key, value) in &commit.kv {
                 match value {
-                    Some(value) => kv.insert((commit.instance.as_str(), key.as_str()), value.as_slice())?,
+                    Some(value) => {
+                        kv.insert((commit.instance.as_str(), key.as_str()), value.as_slice())?
+                    }
                     None => kv.remove((commit.instance.as_str(), key.as_str()))?,
                 };
             }
@@ -179,7 +181,9 @@ impl Db {
                     request: delivery.request,
                     created_ms: commit.now_ms,
                     attempts: 0,
-                    state: DeliveryState::Pending { next_attempt_ms: commit.now_ms },
+                    state: DeliveryState::Pending {
+                        next_attempt_ms: commit.now_ms,
+                    },
                     last_result: None,
                 };
                 keys.insert(unique, record.id)?;

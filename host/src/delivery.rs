@@ -53,16 +53,22 @@ impl AllowList {
     pub fn refusal(&self, url: &str) -> Option<String> {
         let parsed = match url::Url::parse(url) {
             Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => parsed,
-            Ok(parsed) => return Some(format!("scheme `{}` is not http or https", parsed.scheme())),
+            Ok(parsed) => {
+                return Some(format!("scheme `{}` is not http or https", parsed.scheme()));
+            }
             Err(error) => return Some(format!("the URL is invalid: {error}")),
         };
         let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = parsed.port_or_known_default();
-        let allowed = self
-            .entries
-            .iter()
-            .any(|(allowed, allowed_port)| *allowed == host && (allowed_port.is_none() || *allowed_port == port));
-        (!allowed).then(|| format!("host {host}:{} is not in the instance's allow_hosts", port.unwrap_or(0)))
+        let allowed = self.entries.iter().any(|(allowed, allowed_port)| {
+            *allowed == host && (allowed_port.is_none() || *allowed_port == port)
+        });
+        (!allowed).then(|| {
+            format!(
+                "host {host}:{} is not in the instance's allow_hosts",
+                port.unwrap_or(0)
+            )
+        })
     }
 }
 
@@ -95,17 +101,21 @@ async fn attempt(relay: Arc<Relay>, client: &reqwest::Client, id: u64) {
         return;
     }
     let span = info_span!("delivery", message_id = %record.message_id, delivery = id, instance = %record.instance);
-    let Some(instance) = relay.instances().find(|instance| instance.name == record.instance).cloned() else {
+    let Some(instance) = relay
+        .instances()
+        .find(|instance| instance.name == record.instance)
+        .cloned()
+    else {
         span.in_scope(|| warn!("delivery kept: its instance is not configured"));
         return;
     };
     if let Some(reason) = instance.allow.refusal(&record.request.url) {
-        let _ = tokio::task::spawn_blocking(move || relay.refuse_delivery(&instance, record, reason)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || relay.refuse_delivery(&instance, record, reason))
+                .await;
         return;
     }
-    let outcome = send(client, &record.request)
-        .instrument(span.clone())
-        .await;
+    let outcome = send(client, &record.request).instrument(span.clone()).await;
     let outcome = match outcome {
         Ok(response) => DeliveryOutcome::Response(response),
         Err(error) => DeliveryOutcome::TransportError(error),
@@ -134,11 +144,20 @@ async fn send(client: &reqwest::Client, request: &OutgoingRequest) -> Result<Htt
     let headers = response
         .headers()
         .iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let mut body = response.bytes().await.map_err(describe)?.to_vec();
     body.truncate(MAX_RESPONSE_BODY);
-    Ok(HttpResponse { status, headers, body })
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// The error and its causes, without the URL: its query may carry an API key.
@@ -167,11 +186,20 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(allow.refusal("https://smsbower.online/agent/api/sms"), None);
-        assert!(allow.refusal("http://smsbower.online/agent/api/sms").is_some());
+        assert!(
+            allow
+                .refusal("http://smsbower.online/agent/api/sms")
+                .is_some()
+        );
         assert_eq!(allow.refusal("http://127.0.0.1:9000/x"), None);
         assert!(allow.refusal("http://127.0.0.1:9001/x").is_some());
         assert_eq!(allow.refusal("http://example.org:8080/"), None);
-        assert!(allow.refusal("http://evil.test/").unwrap().contains("evil.test"));
+        assert!(
+            allow
+                .refusal("http://evil.test/")
+                .unwrap()
+                .contains("evil.test")
+        );
         assert!(allow.refusal("ftp://example.org/").is_some());
         assert!(allow.refusal("not a url").is_some());
     }

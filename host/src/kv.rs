@@ -193,7 +193,13 @@ impl atomics::Host for KvOverlay {
         };
         if current != handle.seen {
             let rep = cas.rep();
-            self.cas.insert(rep, Cas { seen: current, ..handle });
+            self.cas.insert(
+                rep,
+                Cas {
+                    seen: current,
+                    ..handle
+                },
+            );
             return Ok(Err(atomics::CasError::CasFailed(Resource::new_own(rep))));
         }
         self.writes.insert(handle.key, Some(value));

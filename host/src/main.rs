@@ -11,7 +11,10 @@ use simrelay::{delivery, server};
 use tracing::info;
 
 #[derive(Parser)]
-#[command(version, about = "WebAssembly plugin host that relays SMS between gateways and marketplaces")]
+#[command(
+    version,
+    about = "WebAssembly plugin host that relays SMS between gateways and marketplaces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +53,11 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(config_path: PathBuf, listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Result<()> {
+fn serve(
+    config_path: PathBuf,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
     let config = Config::load(&config_path)?;
     let listen = listen
         .or(config.host.listen)

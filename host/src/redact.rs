@@ -21,16 +21,18 @@ impl Redactor {
     }
 
     pub fn redact(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |text, secret| text.replace(secret, "[redacted]"))
+        self.secrets.iter().fold(text.to_string(), |text, secret| {
+            text.replace(secret, "[redacted]")
+        })
     }
 }
 
 /// Setting names treated as secret even when a plugin forgets to say so.
 pub fn looks_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["key", "token", "pass", "secret"].iter().any(|word| name.contains(word))
+    ["key", "token", "pass", "secret"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -40,7 +42,10 @@ mod tests {
     #[test]
     fn replaces_every_secret_longest_first() {
         let redactor = Redactor::new(["abcd".to_string(), "abcdef".to_string(), "x".to_string()]);
-        assert_eq!(redactor.redact("k=abcdef&j=abcd&x"), "k=[redacted]&j=[redacted]&x");
+        assert_eq!(
+            redactor.redact("k=abcdef&j=abcd&x"),
+            "k=[redacted]&j=[redacted]&x"
+        );
     }
 
     #[test]

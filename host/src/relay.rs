@@ -54,7 +54,9 @@ pub struct Relay {
 
 /// Delay before retrying an input whose plugin call failed: 5 s doubling to 10 min.
 fn failure_backoff(attempts: u32) -> u64 {
-    5_000u64.saturating_mul(1 << attempts.min(7).saturating_sub(1)).min(600_000)
+    5_000u64
+        .saturating_mul(1 << attempts.min(7).saturating_sub(1))
+        .min(600_000)
 }
 
 impl Relay {
@@ -75,7 +77,12 @@ impl Relay {
                 .filter(|spec| spec.secret)
                 .map(|spec| spec.name.as_str())
                 .collect();
-            for spec in plugin.descriptor.settings.iter().filter(|spec| spec.required) {
+            for spec in plugin
+                .descriptor
+                .settings
+                .iter()
+                .filter(|spec| spec.required)
+            {
                 if !instance.settings.contains_key(&spec.name) {
                     anyhow::bail!(
                         "instance `{name}`: plugin {} needs setting `{}` ({})",
@@ -154,7 +161,11 @@ impl Relay {
         for queued in &events {
             self.events.schedule(queued.next_attempt_ms, queued.id);
         }
-        info!(pending_deliveries = pending, queued_events = events.len(), "restored queues");
+        info!(
+            pending_deliveries = pending,
+            queued_events = events.len(),
+            "restored queues"
+        );
         Ok(())
     }
 
@@ -162,7 +173,11 @@ impl Relay {
         self.instances.values()
     }
 
-    pub fn route(&self, method: &str, path: &str) -> Option<(Arc<Instance>, Vec<(String, String)>)> {
+    pub fn route(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Option<(Arc<Instance>, Vec<(String, String)>)> {
         let Matched { instance, params } = self.router.find(method, path)?;
         Some((self.instances[instance].clone(), params))
     }
@@ -180,9 +195,14 @@ impl Relay {
         message_id: &str,
         request: HttpRequest,
     ) -> Result<HttpReply, String> {
-        let _serial = instance.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _serial = instance
+            .lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let (result, kv) = self.call(instance, message_id, |plugin, store, ctx| {
-            plugin.simrelay_adapter_adapter().call_on_webhook(store, ctx, &request)
+            plugin
+                .simrelay_adapter_adapter()
+                .call_on_webhook(store, ctx, &request)
         });
         let outcome = result.map_err(|error| instance.redactor.redact(&error.to_string()))?;
         self.commit(instance, message_id, kv, outcome.effects, Consumed::Nothing)
@@ -197,7 +217,8 @@ impl Relay {
             Ok(None) => return,
             Err(error) => {
                 warn!(event = id, "cannot read queued event: {error:#}");
-                self.events.schedule(crate::now_ms() + failure_backoff(1), id);
+                self.events
+                    .schedule(crate::now_ms() + failure_backoff(1), id);
                 return;
             }
         };
@@ -206,13 +227,24 @@ impl Relay {
             warn!(target = %queued.target, "event kept: its target instance is not configured");
             return;
         };
-        let _serial = instance.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _serial = instance
+            .lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let (result, kv) = self.call(instance, &queued.message_id, |plugin, store, ctx| {
-            plugin.simrelay_adapter_adapter().call_on_event(store, ctx, &queued.event)
+            plugin
+                .simrelay_adapter_adapter()
+                .call_on_event(store, ctx, &queued.event)
         });
         let message_id = queued.message_id.clone();
         let committed = match result {
-            Ok(effects) => self.commit(instance, &message_id, kv, effects, Consumed::EventHandled(id)),
+            Ok(effects) => self.commit(
+                instance,
+                &message_id,
+                kv,
+                effects,
+                Consumed::EventHandled(id),
+            ),
             Err(error) => {
                 queued.attempts += 1;
                 queued.next_attempt_ms = crate::now_ms() + failure_backoff(queued.attempts);
@@ -233,7 +265,8 @@ impl Relay {
         };
         if let Err(error) = committed {
             warn!("cannot store the outcome of event {id}: {error:#}");
-            self.events.schedule(crate::now_ms() + failure_backoff(1), id);
+            self.events
+                .schedule(crate::now_ms() + failure_backoff(1), id);
         }
     }
 
@@ -251,7 +284,10 @@ impl Relay {
             idempotency_key: record.idempotency_key.clone(),
             attempt: record.attempts,
         };
-        let _serial = instance.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _serial = instance
+            .lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let (result, kv) = self.call(instance, &record.message_id, |plugin, store, ctx| {
             plugin
                 .simrelay_adapter_adapter()
@@ -299,7 +335,10 @@ impl Relay {
             at_ms: crate::now_ms(),
             reason,
         };
-        let _serial = instance.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _serial = instance
+            .lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         self.finish_delivery(instance, record, KvWrites::new(), Effects::none());
     }
 
@@ -315,7 +354,13 @@ impl Relay {
             _ => (record.id, None),
         };
         let message_id = record.message_id.clone();
-        match self.commit(instance, &message_id, kv, effects, Consumed::DeliveryUpdated(record)) {
+        match self.commit(
+            instance,
+            &message_id,
+            kv,
+            effects,
+            Consumed::DeliveryUpdated(record),
+        ) {
             Ok(()) => {
                 if let Some(at) = retry_at {
                     self.deliveries.schedule(at, id);
@@ -323,8 +368,12 @@ impl Relay {
             }
             Err(error) => {
                 // The stored record still says pending: try the attempt again.
-                warn!(delivery = id, "cannot store the delivery's outcome: {error:#}");
-                self.deliveries.schedule(crate::now_ms() + failure_backoff(1), id);
+                warn!(
+                    delivery = id,
+                    "cannot store the delivery's outcome: {error:#}"
+                );
+                self.deliveries
+                    .schedule(crate::now_ms() + failure_backoff(1), id);
             }
         }
     }
@@ -332,8 +381,12 @@ impl Relay {
     /// Runs an `on-tick` call for polling and expiry.
     pub fn tick(&self, instance: &Instance) {
         let message_id = self.new_message_id();
-        let _span = info_span!("tick", message_id = %message_id, instance = %instance.name).entered();
-        let _serial = instance.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let _span =
+            info_span!("tick", message_id = %message_id, instance = %instance.name).entered();
+        let _serial = instance
+            .lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let (result, kv) = self.call(instance, &message_id, |plugin, store, ctx| {
             plugin.simrelay_adapter_adapter().call_on_tick(store, ctx)
         });
@@ -367,11 +420,12 @@ impl Relay {
             now_ms: crate::now_ms(),
         };
         let overlay = KvOverlay::new(self.db.clone(), instance.name.clone());
-        let record = self
-            .runtime
-            .call(&instance.plugin, overlay, &instance.limits, |plugin, store| {
-                call(plugin, store, &ctx)
-            });
+        let record = self.runtime.call(
+            &instance.plugin,
+            overlay,
+            &instance.limits,
+            |plugin, store| call(plugin, store, &ctx),
+        );
         for line in record.output.lines().filter(|line| !line.trim().is_empty()) {
             info!(instance = %instance.name, message_id, "plugin says: {}", instance.redactor.redact(line));
         }

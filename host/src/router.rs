@@ -20,14 +20,16 @@ impl Pattern {
         };
         let segments = rest
             .split('/')
-            .map(|segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                Some("") => bail!("route path `{pattern}` has an unnamed capture"),
-                Some(name) => Ok(Segment::Capture(name.to_string())),
-                None if segment.contains(['{', '}']) => {
-                    bail!("route path `{pattern}`: a capture must be a whole segment")
-                }
-                None => Ok(Segment::Literal(segment.to_string())),
-            })
+            .map(
+                |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some("") => bail!("route path `{pattern}` has an unnamed capture"),
+                    Some(name) => Ok(Segment::Capture(name.to_string())),
+                    None if segment.contains(['{', '}']) => {
+                        bail!("route path `{pattern}`: a capture must be a whole segment")
+                    }
+                    None => Ok(Segment::Literal(segment.to_string())),
+                },
+            )
             .collect::<Result<_>>()?;
         Ok(Pattern { segments })
     }
@@ -75,7 +77,11 @@ impl Router {
 
     pub fn find(&self, method: &str, path: &str) -> Option<Matched<'_>> {
         self.routes.iter().find_map(|route| {
-            if route.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(method)) {
+            if route
+                .method
+                .as_deref()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+            {
                 return None;
             }
             route.pattern.matches(path).map(|params| Matched {

@@ -104,20 +104,23 @@ impl Runtime {
 
     /// Compiles, links and describes a plugin; any failure leaves nothing loaded.
     pub fn load(&self, path: &Path, limits: &Limits) -> Result<LoadedPlugin> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read plugin {}", path.display()))?;
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-            format!("{} is not a valid WebAssembly component", path.display())
-        })?;
+            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
         self.check_interface_version(&component)
             .with_context(|| format!("cannot load plugin {}", path.display()))?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("plugin {} needs imports simrelay does not grant", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "plugin {} needs imports simrelay does not grant",
+                    path.display()
+                )
+            })?;
         let pre = v0_1::PluginPre::new(pre).map_err(anyhow::Error::from)?;
         let mut plugin = LoadedPlugin {
             descriptor: Descriptor {
@@ -131,7 +134,10 @@ impl Runtime {
         };
         let kv = KvOverlay::detached();
         let described = self.call(&plugin, kv, limits, |bindings, store| {
-            bindings.simrelay_adapter_adapter().call_describe(store).map(Ok)
+            bindings
+                .simrelay_adapter_adapter()
+                .call_describe(store)
+                .map(Ok)
         });
         plugin.descriptor = described
             .result
@@ -149,14 +155,17 @@ impl Runtime {
             .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .filter_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_string))
             .collect();
-        if versions.iter().any(|v| abi::SUPPORTED_VERSIONS.contains(&v.as_str())) {
+        if versions
+            .iter()
+            .any(|v| abi::SUPPORTED_VERSIONS.contains(&v.as_str()))
+        {
             return Ok(());
         }
         let speaks = abi::SUPPORTED_VERSIONS.join(", ");
         match versions.first() {
-            Some(version) => bail!(
-                "it was built for simrelay:adapter@{version}; this host speaks {speaks}"
-            ),
+            Some(version) => {
+                bail!("it was built for simrelay:adapter@{version}; this host speaks {speaks}")
+            }
             None => bail!(
                 "it is not a simrelay plugin: it exports no `{}` interface",
                 abi::ADAPTER_INTERFACE

@@ -34,7 +34,10 @@ async fn webhook(
 ) -> Response {
     let path = uri.path().to_string();
     let Some((instance, params)) = relay.route(method.as_str(), &path) else {
-        return json_error(StatusCode::NOT_FOUND, &format!("no route for {method} {path}"));
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for {method} {path}"),
+        );
     };
     let message_id = relay.new_message_id();
     let span = info_span!("webhook", message_id = %message_id, instance = %instance.name);
@@ -45,7 +48,12 @@ async fn webhook(
         params,
         headers: headers
             .iter()
-            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         body: body.to_vec(),
     };
@@ -63,7 +71,9 @@ async fn webhook(
             *response.status_mut() =
                 StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             for (name, value) in reply.headers {
-                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(name), HeaderValue::try_from(value))
+                {
                     response.headers_mut().append(name, value);
                 }
             }
@@ -75,7 +85,10 @@ async fn webhook(
         ),
         Err(panic) => {
             span.in_scope(|| warn!("webhook handler panicked: {panic}"));
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "webhook not accepted, send it again")
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "webhook not accepted, send it again",
+            )
         }
     };
     if let Ok(value) = HeaderValue::try_from(message_id) {

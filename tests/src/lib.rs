@@ -190,7 +190,10 @@ pub fn success() -> Value {
     serde_json::json!({ "status": "SUCCESS" })
 }
 
-async fn push_sms(State(state): State<MockState>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+async fn push_sms(
+    State(state): State<MockState>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
     let mut received = state.received.lock().unwrap();
     let (status, reply) = (state.answer)(received.len(), &body);
     received.push(Received {
@@ -244,7 +247,6 @@ pub async fn post_ejoin(host: &Host, key: &str, body: &str) -> (u16, Value) {
         .expect("simrelay did not answer");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text)
-        .unwrap_or_else(|_| panic!("reply is not JSON: {text}"));
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text}"));
     (status, json)
 }

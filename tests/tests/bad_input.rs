@@ -20,11 +20,20 @@ async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
 
     let (status, reply) = post_ejoin(&host, EJOIN_KEY, r#"{"type": "recv-sms", "sms": [[0,"#).await;
     assert_eq!(status, 400);
-    assert!(reply["message"].as_str().unwrap().contains("Malformed JSON"), "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("Malformed JSON"),
+        "{reply}"
+    );
 
     let (status, reply) = post_ejoin(&host, EJOIN_KEY, r#"{"type": "reboot"}"#).await;
     assert_eq!(status, 400);
-    assert!(reply["message"].as_str().unwrap().contains("reboot"), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("reboot"),
+        "{reply}"
+    );
 
     // One row with broken base64 beside a good one: the good one still goes through.
     let mixed = r#"{"type": "recv-sms", "sms": [
@@ -33,7 +42,10 @@ async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
     ]}"#;
     let (status, reply) = post_ejoin(&host, EJOIN_KEY, mixed).await;
     assert_eq!(status, 200);
-    assert!(reply["message"].as_str().unwrap().contains("base64"), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("base64"),
+        "{reply}"
+    );
 
     let response = reqwest::Client::new()
         .post(host.url("/no/such/route"))
@@ -43,10 +55,15 @@ async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 404);
     let reply: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(reply, json!({ "error": "no route for POST /no/such/route" }));
+    assert_eq!(
+        reply,
+        json!({ "error": "no route for POST /no/such/route" })
+    );
 
     // Both good messages arrive; the broken row and the rejected webhooks add nothing.
-    smsbower.wait_for(Duration::from_secs(10), |received| received.len() >= 2).await;
+    smsbower
+        .wait_for(Duration::from_secs(10), |received| received.len() >= 2)
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut texts: Vec<String> = smsbower
         .accepted()
@@ -62,13 +79,16 @@ async fn a_broken_plugin_file_stops_start_up_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"this is not wasm").unwrap();
-    let config = format!(
-        "[instances.broken]\nplugin = \"{}\"\n",
-        broken.display()
-    );
-    let log = Host::try_start(dir.path(), &config).await.err().expect("the host must refuse to start");
+    let config = format!("[instances.broken]\nplugin = \"{}\"\n", broken.display());
+    let log = Host::try_start(dir.path(), &config)
+        .await
+        .err()
+        .expect("the host must refuse to start");
     assert!(log.contains("instance `broken`"), "{log}");
-    assert!(log.contains("is not a valid WebAssembly component"), "{log}");
+    assert!(
+        log.contains("is not a valid WebAssembly component"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,6 +98,12 @@ async fn a_config_naming_an_unset_variable_names_it() {
         "[instances.ejoin]\nplugin = \"{}\"\nsettings = {{ api_key = \"${{SIMRELAY_TEST_UNSET_VARIABLE}}\" }}\n",
         plugin_path("ejoin").display()
     );
-    let log = Host::try_start(dir.path(), &config).await.err().expect("the host must refuse to start");
-    assert!(log.contains("SIMRELAY_TEST_UNSET_VARIABLE is not set"), "{log}");
+    let log = Host::try_start(dir.path(), &config)
+        .await
+        .err()
+        .expect("the host must refuse to start");
+    assert!(
+        log.contains("SIMRELAY_TEST_UNSET_VARIABLE is not set"),
+        "{log}"
+    );
 }

@@ -24,19 +24,27 @@ async fn relays_an_sms_exactly_once_across_a_refusal_and_a_crash() {
     assert_eq!((status, reply), (200, json!({ "message": "Ok" })));
 
     // The webhook is acknowledged; the first push is refused; the host dies before the retry.
-    smsbower.wait_for(Duration::from_secs(10), |received| !received.is_empty()).await;
+    smsbower
+        .wait_for(Duration::from_secs(10), |received| !received.is_empty())
+        .await;
     let first_run_logs = host.kill();
     assert_eq!(smsbower.accepted().len(), 0, "the first push was refused");
 
     let host = Host::start(dir.path(), &config).await;
     smsbower
-        .wait_for(Duration::from_secs(20), |received| received.iter().any(|r| r.accepted))
+        .wait_for(Duration::from_secs(20), |received| {
+            received.iter().any(|r| r.accepted)
+        })
         .await;
     // Long enough for any wrongful re-send after SUCCESS to show.
     tokio::time::sleep(Duration::from_secs(2 * retry_secs as u64 + 1)).await;
 
     let accepted = smsbower.accepted();
-    assert_eq!(accepted.len(), 1, "exactly one accepted push: {accepted:#?}");
+    assert_eq!(
+        accepted.len(),
+        1,
+        "exactly one accepted push: {accepted:#?}"
+    );
     let push = &accepted[0];
     assert_eq!(push["action"], "PUSH_SMS");
     assert_eq!(push["key"], SMSBOWER_KEY);
@@ -46,17 +54,31 @@ async fn relays_an_sms_exactly_once_across_a_refusal_and_a_crash() {
     assert_eq!(push["call"], 0);
     assert_eq!(push["voice"], 0);
     let received = smsbower.received();
-    assert_eq!(received.len(), 2, "one refused push, one accepted, nothing after SUCCESS");
-    assert_eq!(received[0].body["smsId"], push["smsId"], "a retry keeps its smsId");
+    assert_eq!(
+        received.len(),
+        2,
+        "one refused push, one accepted, nothing after SUCCESS"
+    );
+    assert_eq!(
+        received[0].body["smsId"], push["smsId"],
+        "a retry keeps its smsId"
+    );
 
     // The gateway re-sends the same webhook: acknowledged, but not pushed again.
     let (status, _) = post_ejoin(&host, EJOIN_KEY, RECV_SMS_SAMPLE).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(smsbower.received().len(), 2, "a re-sent webhook is not pushed twice");
+    assert_eq!(
+        smsbower.received().len(),
+        2,
+        "a re-sent webhook is not pushed twice"
+    );
 
     let logs = first_run_logs + &host.kill();
-    assert!(!logs.contains(EJOIN_KEY) && !logs.contains(SMSBOWER_KEY), "secrets leaked into logs:\n{logs}");
+    assert!(
+        !logs.contains(EJOIN_KEY) && !logs.contains(SMSBOWER_KEY),
+        "secrets leaked into logs:\n{logs}"
+    );
 }
 
 fn as_text(value: &Value) -> String {

@@ -22,10 +22,10 @@ pub mod bindings {
 }
 
 pub use bindings::simrelay::adapter::types::{
-    CallContext, Capability, Delivery, DeliveryOutcome, DeliveryRef, DeliveryState,
-    DeliveryStatus, Descriptor, Effects, Event, HttpReply, HttpRequest, HttpResponse,
-    MessageKind, OutgoingRequest, ReceivedMessage, ResponseOutcome, SendRequest, SettingSpec,
-    SimState, SimStatus, Verdict, WebhookOutcome,
+    CallContext, Capability, Delivery, DeliveryOutcome, DeliveryRef, DeliveryState, DeliveryStatus,
+    Descriptor, Effects, Event, HttpReply, HttpRequest, HttpResponse, MessageKind, OutgoingRequest,
+    ReceivedMessage, ResponseOutcome, SendRequest, SettingSpec, SimState, SimStatus, Verdict,
+    WebhookOutcome,
 };
 
 /// The interface version this SDK builds plugins against.
@@ -180,40 +180,45 @@ pub mod __export {
 }
 
 /// Exports an [`Adapter`] as the plugin's `simrelay:adapter/adapter` implementation.
+///
+/// Expands to nothing off wasm: the export symbols (`simrelay:adapter/...`) are not valid
+/// native link names, and native builds exist only for unit tests and benchmarks.
 #[macro_export]
 macro_rules! export_adapter {
     ($adapter:ty) => {
-        #[doc(hidden)]
-        pub struct __SimrelayExport;
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct __SimrelayExport;
 
-        impl $crate::bindings::exports::simrelay::adapter::adapter::Guest for __SimrelayExport {
-            fn describe() -> $crate::Descriptor {
-                <$adapter as $crate::Adapter>::describe()
+            impl $crate::bindings::exports::simrelay::adapter::adapter::Guest for __SimrelayExport {
+                fn describe() -> $crate::Descriptor {
+                    <$adapter as $crate::Adapter>::describe()
+                }
+                fn on_webhook(
+                    ctx: $crate::CallContext,
+                    request: $crate::HttpRequest,
+                ) -> Result<$crate::WebhookOutcome, String> {
+                    $crate::__export::on_webhook::<$adapter>(ctx, request)
+                }
+                fn on_event(
+                    ctx: $crate::CallContext,
+                    event: $crate::Event,
+                ) -> Result<$crate::Effects, String> {
+                    $crate::__export::on_event::<$adapter>(ctx, event)
+                }
+                fn on_response(
+                    ctx: $crate::CallContext,
+                    delivery: $crate::DeliveryRef,
+                    outcome: $crate::DeliveryOutcome,
+                ) -> Result<$crate::ResponseOutcome, String> {
+                    $crate::__export::on_response::<$adapter>(ctx, delivery, outcome)
+                }
+                fn on_tick(ctx: $crate::CallContext) -> Result<$crate::Effects, String> {
+                    $crate::__export::on_tick::<$adapter>(ctx)
+                }
             }
-            fn on_webhook(
-                ctx: $crate::CallContext,
-                request: $crate::HttpRequest,
-            ) -> Result<$crate::WebhookOutcome, String> {
-                $crate::__export::on_webhook::<$adapter>(ctx, request)
-            }
-            fn on_event(
-                ctx: $crate::CallContext,
-                event: $crate::Event,
-            ) -> Result<$crate::Effects, String> {
-                $crate::__export::on_event::<$adapter>(ctx, event)
-            }
-            fn on_response(
-                ctx: $crate::CallContext,
-                delivery: $crate::DeliveryRef,
-                outcome: $crate::DeliveryOutcome,
-            ) -> Result<$crate::ResponseOutcome, String> {
-                $crate::__export::on_response::<$adapter>(ctx, delivery, outcome)
-            }
-            fn on_tick(ctx: $crate::CallContext) -> Result<$crate::Effects, String> {
-                $crate::__export::on_tick::<$adapter>(ctx)
-            }
-        }
 
-        $crate::bindings::export_plugin!(__SimrelayExport with_types_in $crate::bindings);
+    $crate::bindings::export_plugin!(__SimrelayExport with_types_in $crate::bindings);
+        };
     };
 }

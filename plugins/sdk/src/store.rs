@@ -77,7 +77,10 @@ impl KeyValue for MemoryStore {
     }
     fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
         let mut entries = self.entries.borrow_mut();
-        let current = entries.get(key).map(|bytes| decode_counter(bytes)).transpose()?;
+        let current = entries
+            .get(key)
+            .map(|bytes| decode_counter(bytes))
+            .transpose()?;
         let next = current.unwrap_or(0) + delta;
         entries.insert(key.into(), next.to_le_bytes().to_vec());
         Ok(next)

@@ -1,1 +1,104 @@
+//! Adapter for the SmsBower partner protocol, marketplace side: pushes every received SMS to
+//! SmsBower with `PUSH_SMS` until SmsBower answers SUCCESS.
 
+mod push;
+
+use simrelay_sdk::{
+    Adapter, CallContext, Capability, DeliveryOutcome, DeliveryRef, Descriptor, Effects, Event,
+    KeyValue, ResponseOutcome, SettingSpec,
+};
+
+pub struct SmsBower;
+
+impl Adapter for SmsBower {
+    fn describe() -> Descriptor {
+        let setting = |name: &str, description: &str, required, secret| SettingSpec {
+            name: name.into(),
+            description: description.into(),
+            required,
+            secret,
+        };
+        Descriptor {
+            name: "smsbower".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_version: simrelay_sdk::API_VERSION.into(),
+            capabilities: vec![Capability::Events],
+            settings: vec![
+                setting("api_key", "partner key SmsBower issued", true, true),
+                setting(
+                    "base_url",
+                    "SmsBower server, e.g. https://smsbower.online",
+                    true,
+                    false,
+                ),
+                setting(
+                    "retry_interval_secs",
+                    "seconds between PUSH_SMS attempts until SmsBower answers SUCCESS (default 10)",
+                    false,
+                    false,
+                ),
+            ],
+        }
+    }
+
+    fn on_event(ctx: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+        match event {
+            Event::MessageReceived(message) => push::on_message(ctx, kv, &message),
+            _ => Ok(Effects::none()),
+        }
+    }
+
+    fn on_response(
+        ctx: &CallContext,
+        kv: &dyn KeyValue,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<ResponseOutcome, String> {
+        Ok(ResponseOutcome {
+            verdict: push::verdict(ctx, kv, &delivery, &outcome)?,
+            effects: Effects::none(),
+        })
+    }
+}
+
+simrelay_sdk::export_adapter!(SmsBower);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simrelay_sdk::{DeliveryState, DeliveryStatus, MemoryStore};
+
+    #[test]
+    fn describes_itself() {
+        let descriptor = SmsBower::describe();
+        assert_eq!(descriptor.name, "smsbower");
+        assert_eq!(descriptor.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(descriptor.api_version, simrelay_sdk::API_VERSION);
+        assert!(matches!(descriptor.capabilities[..], [Capability::Events]));
+        let settings: Vec<_> = descriptor
+            .settings
+            .iter()
+            .map(|s| (s.name.as_str(), s.required, s.secret))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                ("api_key", true, true),
+                ("base_url", true, false),
+                ("retry_interval_secs", false, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn other_events_cause_nothing() {
+        let ctx = CallContext::for_tests(&[("api_key", "k"), ("base_url", "https://x")]);
+        let event = Event::DeliveryStatusChanged(DeliveryStatus {
+            id: "1".into(),
+            state: DeliveryState::Sent,
+            detail: None,
+        });
+        let effects = SmsBower::on_event(&ctx, &MemoryStore::default(), event).unwrap();
+        assert!(effects.events.is_empty() && effects.deliveries.is_empty());
+    }
+}

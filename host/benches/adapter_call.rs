@@ -1,0 +1,92 @@
+//! One adapter call through the host's wasm runtime against the same adapter logic called
+//! natively: the price of the sandbox. Needs the release plugins (`make bench` builds them).
+//!
+//! Both sides start from empty state on every call, so both take the full path (parse,
+//! decode, dedupe check, state writes).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use simrelay::abi;
+use simrelay::config::Limits;
+use simrelay::db::Db;
+use simrelay::kv::KvOverlay;
+use simrelay::runtime::Runtime;
+use simrelay_sdk::{Adapter, MemoryStore};
+
+const RECV_SMS: &str = r#"{"type":"recv-sms","sms":[[null,null,"2023-10-27 10:00:00","BankInfo","79001234567","SGVsbG8gV29ybGQ="]]}"#;
+const KEY: &str = "bench-key";
+
+fn ejoin_webhook(c: &mut Criterion) {
+    let plugin_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/simrelay_ejoin.wasm");
+    let runtime = Runtime::new().unwrap();
+    let limits = Limits::default();
+    let plugin = runtime
+        .load(&plugin_path, &limits)
+        .expect("build the plugins first: make plugins");
+    let data = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(data.path()).unwrap());
+
+    let settings = vec![("api_key".to_string(), KEY.to_string())];
+    let params = vec![("key".to_string(), KEY.to_string())];
+    let host_ctx = abi::CallContext {
+        instance: "ejoin".into(),
+        settings: settings.clone(),
+        store: "ejoin".into(),
+        message_id: "bench".into(),
+        now_ms: 0,
+    };
+    let host_request = abi::HttpRequest {
+        method: "POST".into(),
+        path: format!("/api/{KEY}/webhook"),
+        query: String::new(),
+        params: params.clone(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: RECV_SMS.as_bytes().to_vec(),
+    };
+    let native_ctx = simrelay_sdk::CallContext::for_tests(&[("api_key", KEY)]);
+    let native_request = simrelay_sdk::HttpRequest {
+        method: "POST".into(),
+        path: format!("/api/{KEY}/webhook"),
+        query: String::new(),
+        params,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: RECV_SMS.as_bytes().to_vec(),
+    };
+
+    let mut group = c.benchmark_group("ejoin on-webhook, recv-sms sample");
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            let outcome = simrelay_ejoin::Ejoin::on_webhook(
+                &native_ctx,
+                &MemoryStore::default(),
+                native_request.clone(),
+            )
+            .unwrap();
+            assert_eq!(outcome.effects.events.len(), 1);
+        })
+    });
+    group.bench_function("wasm, fresh sandboxed instance per call", |b| {
+        b.iter(|| {
+            let record = runtime.call(
+                &plugin,
+                KvOverlay::new(db.clone(), "ejoin".into()),
+                &limits,
+                |bindings, store| {
+                    bindings.simrelay_adapter_adapter().call_on_webhook(
+                        store,
+                        &host_ctx,
+                        &host_request,
+                    )
+                },
+            );
+            assert_eq!(record.result.unwrap().effects.events.len(), 1);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ejoin_webhook);
+criterion_main!(benches);
