@@ -29,6 +29,9 @@ use crate::redact::{Redactor, looks_secret};
 use crate::router::{Matched, Pattern, Route, Router};
 use crate::runtime::{CallError, CallState, LoadedPlugin, Runtime};
 
+/// Route captures, e.g. `("key", "…")` for `/api/{key}/webhook`.
+pub type Captures = Vec<(String, String)>;
+
 /// A configured plugin instance, loaded and ready to call.
 pub struct Instance {
     pub name: String,
@@ -173,11 +176,8 @@ impl Relay {
         self.instances.values()
     }
 
-    pub fn route(
-        &self,
-        method: &str,
-        path: &str,
-    ) -> Option<(Arc<Instance>, Vec<(String, String)>)> {
+    /// The instance a request is for, and the route's captures.
+    pub fn route(&self, method: &str, path: &str) -> Option<(Arc<Instance>, Captures)> {
         let Matched { instance, params } = self.router.find(method, path)?;
         Some((self.instances[instance].clone(), params))
     }
