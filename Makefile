@@ -3,6 +3,8 @@
 
 CARGO ?= cargo
 PLUGINS := ejoin smsbower
+# Plugins that exist only for the tests.
+TEST_PLUGINS := misbehaving
 WASM_DIR := target/wasm32-wasip2/release
 CONFIG ?= examples/simrelay.toml
 
@@ -10,7 +12,7 @@ CONFIG ?= examples/simrelay.toml
 -include .env
 export
 
-.PHONY: build plugins host run test bench lint wasm-target
+.PHONY: build plugins test-plugins host run test bench lint wasm-target
 
 build: host plugins
 
@@ -20,13 +22,16 @@ wasm-target:
 plugins: wasm-target
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(PLUGINS))
 
+test-plugins: wasm-target
+	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(TEST_PLUGINS))
+
 host:
 	$(CARGO) build --release -p simrelay
 
 run: build
 	./target/release/simrelay serve --config $(CONFIG)
 
-test: build
+test: build test-plugins
 	$(CARGO) test --release --workspace
 
 bench: build

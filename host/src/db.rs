@@ -267,3 +267,107 @@ impl Db {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::Event;
+    use crate::abi::v0_1::simrelay::adapter::types::SendRequest;
+
+    fn request(url: &str) -> OutgoingRequest {
+        OutgoingRequest {
+            method: "POST".into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: None,
+        }
+    }
+
+    fn commit(instance: &str, kv: &[(&str, Option<&str>)], delivery_keys: &[&str]) -> Commit {
+        Commit {
+            instance: instance.into(),
+            message_id: "m1".into(),
+            now_ms: 1_000,
+            kv: kv
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.map(|v| v.as_bytes().to_vec())))
+                .collect(),
+            deliveries: delivery_keys
+                .iter()
+                .map(|key| NewDelivery {
+                    idempotency_key: key.to_string(),
+                    request: request("http://127.0.0.1/x"),
+                })
+                .collect(),
+            events: Vec::new(),
+            consumed: Consumed::Nothing,
+        }
+    }
+
+    #[test]
+    fn a_delivery_key_is_used_once_per_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let first = db.commit(commit("a", &[], &["push/1", "push/2"])).unwrap();
+        assert_eq!(first.deliveries.len(), 2);
+        let again = db.commit(commit("a", &[], &["push/1"])).unwrap();
+        assert_eq!((again.deliveries.len(), again.duplicate_deliveries), (0, 1));
+        let other_instance = db.commit(commit("b", &[], &["push/1"])).unwrap();
+        assert_eq!(other_instance.deliveries.len(), 1);
+        assert_eq!(db.deliveries().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn state_is_per_instance_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path()).unwrap();
+            db.commit(commit(
+                "a",
+                &[("k", Some("from a")), ("gone", Some("x"))],
+                &[],
+            ))
+            .unwrap();
+            db.commit(commit("ab", &[("k", Some("from ab"))], &[]))
+                .unwrap();
+            db.commit(commit("a", &[("gone", None)], &[])).unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(
+            db.kv_get("a", "k").unwrap().as_deref(),
+            Some(&b"from a"[..])
+        );
+        assert_eq!(
+            db.kv_get("ab", "k").unwrap().as_deref(),
+            Some(&b"from ab"[..])
+        );
+        assert_eq!(db.kv_get("b", "k").unwrap(), None);
+        assert_eq!(db.kv_keys("a").unwrap(), ["k"]);
+    }
+
+    #[test]
+    fn a_handled_event_leaves_the_queue_in_the_same_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut queue = commit("a", &[], &[]);
+        queue.events.push(NewEvent {
+            target: "b".into(),
+            event: Event::SendSms(SendRequest {
+                id: "s1".into(),
+                to: "+1".into(),
+                text: "hi".into(),
+                device: None,
+                sim: None,
+            }),
+        });
+        let queued = db.commit(queue).unwrap().events;
+        assert_eq!(db.queued_events().unwrap().len(), 1);
+        let mut handled = commit("b", &[("seen", Some("1"))], &["out/1"]);
+        handled.consumed = Consumed::EventHandled(queued[0].1);
+        db.commit(handled).unwrap();
+        assert!(db.queued_events().unwrap().is_empty());
+        assert_eq!(db.kv_get("b", "seen").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.deliveries().unwrap().len(), 1);
+    }
+}

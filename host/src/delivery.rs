@@ -110,9 +110,10 @@ async fn attempt(relay: Arc<Relay>, client: &reqwest::Client, id: u64) {
         return;
     };
     if let Some(reason) = instance.allow.refusal(&record.request.url) {
-        let _ =
-            tokio::task::spawn_blocking(move || relay.refuse_delivery(&instance, record, reason))
-                .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| relay.refuse_delivery(&instance, record, reason))
+        })
+        .await;
         return;
     }
     let outcome = send(client, &record.request).instrument(span.clone()).await;

@@ -261,3 +261,47 @@ impl batch::Host for KvOverlay {
         Ok(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atomics::Host as _;
+    use store::{Host as _, HostBucket as _};
+
+    fn overlay() -> (tempfile::TempDir, KvOverlay) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        (dir, KvOverlay::new(db, "mine".into()))
+    }
+
+    #[test]
+    fn opens_only_its_own_store() {
+        let (_dir, mut kv) = overlay();
+        assert!(matches!(kv.open("mine".into()).unwrap(), Ok(_)));
+        assert!(matches!(
+            kv.open("theirs".into()).unwrap(),
+            Err(store::Error::AccessDenied)
+        ));
+    }
+
+    #[test]
+    fn reads_its_own_writes_and_counts() {
+        let (_dir, mut kv) = overlay();
+        let bucket = || Resource::new_own(0);
+        kv.set(bucket(), "k".into(), b"v".to_vec())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kv.get(bucket(), "k".into()).unwrap().unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(kv.increment(bucket(), "n".into(), 2).unwrap().unwrap(), 2);
+        assert_eq!(kv.increment(bucket(), "n".into(), 3).unwrap().unwrap(), 5);
+        assert!(kv.increment(bucket(), "k".into(), 1).unwrap().is_err());
+        kv.delete(bucket(), "k".into()).unwrap().unwrap();
+        assert!(!kv.exists(bucket(), "k".into()).unwrap().unwrap());
+        let keys = kv.list_keys(bucket(), None).unwrap().unwrap();
+        assert_eq!(keys.keys, ["n"]);
+        assert_eq!(kv.into_writes().len(), 2);
+    }
+}

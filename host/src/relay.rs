@@ -222,7 +222,7 @@ impl Relay {
                 return;
             }
         };
-        let _span = info_span!("event", message_id = %queued.message_id, event = id).entered();
+        let _span = info_span!("event", message_id = %queued.message_id, event = id, instance = %queued.target).entered();
         let Some(instance) = self.instances.get(&queued.target) else {
             warn!(target = %queued.target, "event kept: its target instance is not configured");
             return;
@@ -249,7 +249,10 @@ impl Relay {
                 queued.attempts += 1;
                 queued.next_attempt_ms = crate::now_ms() + failure_backoff(queued.attempts);
                 let error = instance.redactor.redact(&error.to_string());
-                warn!(instance = %instance.name, attempt = queued.attempts, "event not handled, will retry: {error}");
+                warn!(
+                    attempt = queued.attempts,
+                    "event not handled, will retry: {error}"
+                );
                 queued.last_error = Some(error);
                 let retry_at = queued.next_attempt_ms;
                 let outcome = self.commit(
@@ -427,10 +430,10 @@ impl Relay {
             |plugin, store| call(plugin, store, &ctx),
         );
         for line in record.output.lines().filter(|line| !line.trim().is_empty()) {
-            info!(instance = %instance.name, message_id, "plugin says: {}", instance.redactor.redact(line));
+            info!("plugin says: {}", instance.redactor.redact(line));
         }
         if let Err(error) = &record.result {
-            warn!(instance = %instance.name, message_id, "{}", instance.redactor.redact(&error.to_string()));
+            warn!("{}", instance.redactor.redact(&error.to_string()));
         }
         (record.result, record.kv.into_writes())
     }
@@ -472,8 +475,6 @@ impl Relay {
         })?;
         if committed.duplicate_deliveries > 0 {
             info!(
-                instance = %instance.name,
-                message_id,
                 dropped = committed.duplicate_deliveries,
                 "dropped deliveries already asked for"
             );

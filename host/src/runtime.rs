@@ -227,15 +227,59 @@ impl Runtime {
     }
 }
 
+/// A short account of why a call trapped; the full wasm backtrace goes to the debug log.
 fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
+    let detail = format!("{error:?}");
+    tracing::debug!("plugin trapped: {detail}");
+    if detail.contains("forcing trap when growing memory") {
+        return format!("exceeded its memory limit of {} MiB", limits.memory_mb);
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("exceeded its CPU deadline of {} ms", limits.timeout_ms),
-        Some(Trap::AllocationTooLarge) => {
-            format!("exceeded its memory limit of {} MiB", limits.memory_mb)
+        Some(Trap::UnreachableCodeReached) => {
+            "panicked or aborted (its output is in the log)".to_string()
         }
-        _ if format!("{error:?}").contains("forcing trap when growing memory") => {
-            format!("exceeded its memory limit of {} MiB", limits.memory_mb)
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{error:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_error(component_wat: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin.wat");
+        std::fs::write(&path, component_wat).unwrap();
+        let runtime = Runtime::new().unwrap();
+        match runtime.load(&path, &Limits::default()) {
+            Ok(_) => panic!("the component must be refused"),
+            Err(error) => format!("{error:#}"),
         }
-        _ => format!("{error:#}"),
+    }
+
+    #[test]
+    fn refuses_a_plugin_built_for_another_interface_version() {
+        let error = load_error(
+            r#"(component
+                (instance $adapter)
+                (export "simrelay:adapter/adapter@0.9.0" (instance $adapter)))"#,
+        );
+        assert!(
+            error.contains("it was built for simrelay:adapter@0.9.0; this host speaks 0.1.0"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_component_that_is_no_plugin() {
+        let error = load_error("(component)");
+        assert!(
+            error.contains(
+                "it is not a simrelay plugin: it exports no `simrelay:adapter/adapter` interface"
+            ),
+            "{error}"
+        );
     }
 }

@@ -1,0 +1,97 @@
+//! A plugin that traps, loops, exhausts memory or leaks a secret fails that call only, with
+//! a clear error; the host and its other plugins keep working.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use simrelay_e2e::*;
+
+const PASSWORD: &str = "hunter2-but-longer";
+
+async fn misbehave(host: &Host, how: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(host.url(&format!("/misbehave/{how}")))
+        .send()
+        .await
+        .expect("simrelay did not answer");
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misbehaving_plugin_fails_only_its_own_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockSmsBower::accepting().await;
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1)
+        + &format!(
+            r#"
+[instances.misbehaving]
+plugin = "{}"
+settings = {{ password = "{PASSWORD}" }}
+limits = {{ timeout_ms = 200, memory_mb = 16 }}
+
+[[routes]]
+path = "/misbehave/{{how}}"
+instance = "misbehaving"
+"#,
+            plugin_path("misbehaving").display()
+        );
+    let host = Host::start(dir.path(), &config).await;
+
+    let (status, reply) = misbehave(&host, "trap").await;
+    assert_eq!(status, 500);
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("plugin crashed") && error.contains("send it again"),
+        "{error}"
+    );
+
+    let (status, reply) = misbehave(&host, "loop").await;
+    assert_eq!(status, 500);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded its CPU deadline of 200 ms"),
+        "{reply}"
+    );
+
+    let (status, reply) = misbehave(&host, "oom").await;
+    assert_eq!(status, 500);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded its memory limit of 16 MiB"),
+        "{reply}"
+    );
+
+    let (status, reply) = misbehave(&host, "leak").await;
+    assert_eq!(status, 500);
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("[redacted]") && !error.contains(PASSWORD),
+        "{error}"
+    );
+
+    // The same plugin still serves, and so does the rest of the host.
+    assert_eq!(
+        misbehave(&host, "behave").await,
+        (200, json!({ "message": "fine" }))
+    );
+    let (status, _) = post_ejoin(&host, EJOIN_KEY, RECV_SMS_SAMPLE).await;
+    assert_eq!(status, 200);
+    smsbower
+        .wait_for(Duration::from_secs(10), |received| received.len() == 1)
+        .await;
+    assert_eq!(smsbower.accepted()[0]["text"], "Hello World");
+
+    let logs = host.kill();
+    assert!(
+        logs.contains("the password is [redacted]"),
+        "plugin output is logged, redacted:\n{logs}"
+    );
+    assert!(
+        !logs.contains(PASSWORD),
+        "a secret leaked into the logs:\n{logs}"
+    );
+}
