@@ -7,7 +7,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{Event, OutgoingRequest};
@@ -226,46 +227,48 @@ impl Db {
     }
 
     pub fn delivery(&self, id: u64) -> Result<Option<DeliveryRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DELIVERIES)?;
-        table
-            .get(id)?
-            .map(|json| serde_json::from_str(json.value()).context("corrupt delivery record"))
-            .transpose()
+        self.read_one(DELIVERIES, id)
     }
 
     pub fn queued_event(&self, id: u64) -> Result<Option<QueuedEvent>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS)?;
-        table
-            .get(id)?
-            .map(|json| serde_json::from_str(json.value()).context("corrupt queued event"))
-            .transpose()
+        self.read_one(EVENTS, id)
     }
 
     pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DELIVERIES)?;
-        table
-            .iter()?
-            .map(|entry| {
-                let (_, json) = entry?;
-                serde_json::from_str(json.value()).context("corrupt delivery record")
-            })
-            .collect()
+        self.read_all(DELIVERIES)
     }
 
     pub fn queued_events(&self) -> Result<Vec<QueuedEvent>> {
+        self.read_all(EVENTS)
+    }
+
+    fn read_one<T: DeserializeOwned>(
+        &self,
+        definition: TableDefinition<u64, &str>,
+        id: u64,
+    ) -> Result<Option<T>> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS)?;
+        let table = txn.open_table(definition)?;
+        let json = table.get(id)?;
+        json.map(|json| parse(definition.name(), json.value()))
+            .transpose()
+    }
+
+    fn read_all<T: DeserializeOwned>(
+        &self,
+        definition: TableDefinition<u64, &str>,
+    ) -> Result<Vec<T>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(definition)?;
         table
             .iter()?
-            .map(|entry| {
-                let (_, json) = entry?;
-                serde_json::from_str(json.value()).context("corrupt queued event")
-            })
+            .map(|entry| parse(definition.name(), entry?.1.value()))
             .collect()
     }
+}
+
+fn parse<T: DeserializeOwned>(table: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).with_context(|| format!("corrupt record in table `{table}`"))
 }
 
 #[cfg(test)]

@@ -28,12 +28,10 @@ impl Adapter for Ejoin {
             version: env!("CARGO_PKG_VERSION").into(),
             api_version: simrelay_sdk::API_VERSION.into(),
             capabilities: vec![Capability::Webhook],
-            settings: vec![SettingSpec {
-                name: "api_key".into(),
-                description: "key the gateway puts in the webhook path".into(),
-                required: true,
-                secret: true,
-            }],
+            settings: vec![
+                SettingSpec::required("api_key", "key the gateway puts in the webhook path")
+                    .secret(),
+            ],
         }
     }
 

@@ -104,6 +104,32 @@ impl CallContext {
     }
 }
 
+impl SettingSpec {
+    pub fn required(name: &str, description: &str) -> Self {
+        SettingSpec {
+            name: name.into(),
+            description: description.into(),
+            required: true,
+            secret: false,
+        }
+    }
+
+    pub fn optional(name: &str, description: &str) -> Self {
+        SettingSpec {
+            required: false,
+            ..Self::required(name, description)
+        }
+    }
+
+    /// Marks the setting secret: the host keeps its value out of logs and errors.
+    pub fn secret(self) -> Self {
+        SettingSpec {
+            secret: true,
+            ..self
+        }
+    }
+}
+
 impl Effects {
     pub fn none() -> Self {
         Effects {

@@ -12,30 +12,17 @@ pub struct SmsBower;
 
 impl Adapter for SmsBower {
     fn describe() -> Descriptor {
-        let setting = |name: &str, description: &str, required, secret| SettingSpec {
-            name: name.into(),
-            description: description.into(),
-            required,
-            secret,
-        };
         Descriptor {
             name: "smsbower".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             api_version: simrelay_sdk::API_VERSION.into(),
             capabilities: vec![Capability::Events],
             settings: vec![
-                setting("api_key", "partner key SmsBower issued", true, true),
-                setting(
-                    "base_url",
-                    "SmsBower server, e.g. https://smsbower.online",
-                    true,
-                    false,
-                ),
-                setting(
+                SettingSpec::required("api_key", "partner key SmsBower issued").secret(),
+                SettingSpec::required("base_url", "SmsBower server, e.g. https://smsbower.online"),
+                SettingSpec::optional(
                     "retry_interval_secs",
                     "seconds between PUSH_SMS attempts until SmsBower answers SUCCESS (default 10)",
-                    false,
-                    false,
                 ),
             ],
         }

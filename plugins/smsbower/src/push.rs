@@ -22,6 +22,11 @@ pub(crate) fn on_message(
     if kv.exists(&pushed_key(&message.id))? {
         return Ok(Effects::none());
     }
+    // SmsBower matches pushes to activations by number: without one it can never accept.
+    if message.recipient.trim().is_empty() {
+        eprintln!("message {} has no recipient number; not pushed", message.id);
+        return Ok(Effects::none());
+    }
     let body = json!({
         "key": api_key,
         "action": "PUSH_SMS",
@@ -134,6 +139,13 @@ mod tests {
             iccid: None,
             imsi: None,
         }
+    }
+
+    #[test]
+    fn a_message_without_a_recipient_is_not_pushed() {
+        let mut unknown = message("m1", MessageKind::Sms);
+        unknown.recipient = " ".into();
+        assert!(push(&context(&[]), &MemoryStore::default(), &unknown).is_none());
     }
 
     fn push(ctx: &CallContext, kv: &MemoryStore, message: &ReceivedMessage) -> Option<Delivery> {
