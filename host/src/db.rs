@@ -93,6 +93,15 @@ pub struct Commit {
     pub consumed: Consumed,
 }
 
+impl Commit {
+    fn is_empty(&self) -> bool {
+        self.kv.is_empty()
+            && self.deliveries.is_empty()
+            && self.events.is_empty()
+            && matches!(self.consumed, Consumed::Nothing)
+    }
+}
+
 /// What a commit added, for the workers to schedule.
 #[derive(Default)]
 pub struct Committed {
@@ -147,6 +156,10 @@ impl Db {
 
     pub fn commit(&self, commit: Commit) -> Result<Committed> {
         let mut committed = Committed::default();
+        if commit.is_empty() {
+            // Nothing to make durable: spare the transaction and its fsync.
+            return Ok(committed);
+        }
         let txn = self.db.begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
