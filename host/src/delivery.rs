@@ -101,11 +101,7 @@ async fn attempt(relay: Arc<Relay>, client: &reqwest::Client, id: u64) {
         return;
     }
     let span = info_span!("delivery", message_id = %record.message_id, delivery = id, instance = %record.instance);
-    let Some(instance) = relay
-        .instances()
-        .find(|instance| instance.name == record.instance)
-        .cloned()
-    else {
+    let Some(instance) = relay.instance(&record.instance).cloned() else {
         span.in_scope(|| warn!("delivery kept: its instance is not configured"));
         return;
     };

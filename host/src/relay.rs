@@ -176,6 +176,10 @@ impl Relay {
         self.instances.values()
     }
 
+    pub fn instance(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.instances.get(name)
+    }
+
     /// The instance a request is for, and the route's captures.
     pub fn route(&self, method: &str, path: &str) -> Option<(Arc<Instance>, Captures)> {
         let Matched { instance, params } = self.router.find(method, path)?;
@@ -223,7 +227,7 @@ impl Relay {
             }
         };
         let _span = info_span!("event", message_id = %queued.message_id, event = id, instance = %queued.target).entered();
-        let Some(instance) = self.instances.get(&queued.target) else {
+        let Some(instance) = self.instance(&queued.target) else {
             warn!(target = %queued.target, "event kept: its target instance is not configured");
             return;
         };
@@ -352,9 +356,10 @@ impl Relay {
         kv: KvWrites,
         effects: Effects,
     ) {
-        let (id, retry_at) = match record.state {
-            DeliveryState::Pending { next_attempt_ms } => (record.id, Some(next_attempt_ms)),
-            _ => (record.id, None),
+        let id = record.id;
+        let retry_at = match record.state {
+            DeliveryState::Pending { next_attempt_ms } => Some(next_attempt_ms),
+            _ => None,
         };
         let message_id = record.message_id.clone();
         match self.commit(

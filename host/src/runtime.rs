@@ -129,28 +129,17 @@ impl Runtime {
                 )
             })?;
         let pre = v0_1::PluginPre::new(pre).map_err(anyhow::Error::from)?;
-        let mut plugin = LoadedPlugin {
-            descriptor: Descriptor {
-                name: String::new(),
-                version: String::new(),
-                api_version: String::new(),
-                capabilities: Vec::new(),
-                settings: Vec::new(),
-            },
-            pre,
-        };
-        let kv = KvOverlay::detached();
-        let described = self.call(&plugin, kv, limits, |bindings, store| {
+        let described = self.run(&pre, KvOverlay::detached(), limits, |bindings, store| {
             bindings
                 .simrelay_adapter_adapter()
                 .call_describe(store)
                 .map(Ok)
         });
-        plugin.descriptor = described
+        let descriptor = described
             .result
             .map_err(|error| anyhow::anyhow!("{error}"))
             .with_context(|| format!("plugin {} failed to describe itself", path.display()))?;
-        Ok(plugin)
+        Ok(LoadedPlugin { descriptor, pre })
     }
 
     /// Refuses a plugin built for an interface version this host does not speak.
@@ -188,6 +177,16 @@ impl Runtime {
         limits: &Limits,
         call: impl FnOnce(&v0_1::Plugin, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
     ) -> CallRecord<R> {
+        self.run(&plugin.pre, kv, limits, call)
+    }
+
+    fn run<R>(
+        &self,
+        pre: &v0_1::PluginPre<CallState>,
+        kv: KvOverlay,
+        limits: &Limits,
+        call: impl FnOnce(&v0_1::Plugin, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
+    ) -> CallRecord<R> {
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let wasi = WasiCtx::builder()
@@ -208,8 +207,7 @@ impl Runtime {
         let ticks = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
         store.set_epoch_deadline(ticks.max(1) + 1);
 
-        let outcome = plugin
-            .pre
+        let outcome = pre
             .instantiate(&mut store)
             .and_then(|bindings| call(&bindings, &mut store));
         let result = match outcome {
