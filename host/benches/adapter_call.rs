@@ -72,7 +72,7 @@ fn ejoin_webhook(c: &mut Criterion) {
         b.iter(|| {
             let record = runtime.call(
                 &plugin,
-                KvOverlay::new(db.clone(), "ejoin".into()),
+                KvOverlay::new(db.clone(), "ejoin".into(), Vec::new()),
                 &limits,
                 |bindings, store| {
                     bindings.simrelay_adapter_adapter().call_on_webhook(

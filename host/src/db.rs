@@ -5,6 +5,7 @@
 //! one durable transaction, so a crash leaves either all of it or none of it.
 
 use std::path::Path;
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -74,7 +75,9 @@ pub struct NewEvent {
 }
 
 /// What happens to the input a call consumed.
+#[derive(Default)]
 pub enum Consumed {
+    #[default]
     /// A webhook or a tick: nothing stored to update.
     Nothing,
     EventHandled(u64),
@@ -83,11 +86,12 @@ pub enum Consumed {
 }
 
 /// The whole outcome of one plugin call.
+#[derive(Default)]
 pub struct Commit {
     pub instance: String,
     pub message_id: String,
     pub now_ms: u64,
-    pub kv: KvWrites,
+    pub kv: Arc<KvWrites>,
     pub deliveries: Vec<NewDelivery>,
     pub events: Vec<NewEvent>,
     pub consumed: Consumed,
@@ -111,8 +115,86 @@ pub struct Committed {
     pub duplicate_deliveries: usize,
 }
 
+type CommitJob = (Commit, mpsc::SyncSender<Result<Committed, String>>);
+
 pub struct Db {
-    db: Database,
+    db: Arc<Database>,
+    /// `None` only while dropping.
+    committer: Option<(mpsc::Sender<CommitJob>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for Db {
+    /// Lets the committer finish what was submitted, so the file is closed on return.
+    fn drop(&mut self) {
+        if let Some((queue, thread)) = self.committer.take() {
+            drop(queue);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A commit on its way to disk.
+pub struct PendingCommit(PendingState);
+
+enum PendingState {
+    Done(Committed),
+    Waiting(mpsc::Receiver<Result<Committed, String>>),
+}
+
+impl PendingCommit {
+    /// Blocks until the commit is durable.
+    pub fn wait(self) -> Result<Committed> {
+        match self.0 {
+            PendingState::Done(committed) => Ok(committed),
+            PendingState::Waiting(reply) => match reply.recv() {
+                Ok(result) => result.map_err(anyhow::Error::msg),
+                Err(_) => anyhow::bail!("the database committer stopped"),
+            },
+        }
+    }
+}
+
+/// Commits waiting at most are written by one transaction, with one fsync.
+const MAX_BATCH: usize = 256;
+
+/// Applies queued commits in order, as many per transaction as are waiting.
+///
+/// A failed transaction stops the process: later calls may already have read that batch's
+/// writes, and none of its commits was acknowledged, so a restart loses nothing.
+fn run_committer(db: Arc<Database>, queue: mpsc::Receiver<CommitJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> Result<Vec<Committed>> {
+            let txn = db.begin_write()?;
+            let committed = batch
+                .iter_mut()
+                .map(|(commit, _)| apply(&txn, std::mem::take(commit)))
+                .collect::<Result<Vec<_>>>()?;
+            txn.commit()?;
+            Ok(committed)
+        })();
+        match result {
+            Ok(committed) => {
+                for ((_, reply), committed) in batch.into_iter().zip(committed) {
+                    let _ = reply.send(Ok(committed));
+                }
+            }
+            Err(error) => {
+                let message = format!("database commit failed: {error:#}");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(message.clone()));
+                }
+                tracing::error!("{message}; stopping so that nothing acknowledged is lost");
+                std::process::exit(70);
+            }
+        }
+    }
 }
 
 impl Db {
@@ -129,7 +211,16 @@ impl Db {
         txn.open_table(EVENTS)?;
         txn.open_table(COUNTERS)?;
         txn.commit()?;
-        Ok(Db { db })
+        let db = Arc::new(db);
+        let (committer, queue) = mpsc::channel();
+        let writer = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("db-committer".into())
+            .spawn(move || run_committer(writer, queue))?;
+        Ok(Db {
+            db,
+            committer: Some((committer, thread)),
+        })
     }
 
     pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -154,89 +245,23 @@ impl Db {
         Ok(keys)
     }
 
+    /// Commits and waits until the commit is durable.
     pub fn commit(&self, commit: Commit) -> Result<Committed> {
-        let mut committed = Committed::default();
+        self.submit(commit).wait()
+    }
+
+    /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
+    pub fn submit(&self, commit: Commit) -> PendingCommit {
         if commit.is_empty() {
             // Nothing to make durable: spare the transaction and its fsync.
-            return Ok(committed);
+            return PendingCommit(PendingState::Done(Committed::default()));
         }
-        let txn = self.db.begin_write()?;
-        {
-            let mut kv = txn.open_table(KV)?;
-            for (key, value) in &commit.kv {
-                match value {
-                    Some(value) => {
-                        kv.insert((commit.instance.as_str(), key.as_str()), value.as_slice())?
-                    }
-                    None => kv.remove((commit.instance.as_str(), key.as_str()))?,
-                };
-            }
-
-            let mut counters = txn.open_table(COUNTERS)?;
-            let mut next_id = counters.get("next_id")?.map_or(1, |value| value.value());
-            let mut allocate = || {
-                next_id += 1;
-                next_id - 1
-            };
-
-            let mut deliveries = txn.open_table(DELIVERIES)?;
-            let mut keys = txn.open_table(DELIVERY_KEYS)?;
-            for delivery in commit.deliveries {
-                let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
-                if keys.get(unique)?.is_some() {
-                    committed.duplicate_deliveries += 1;
-                    continue;
-                }
-                let record = DeliveryRecord {
-                    id: allocate(),
-                    instance: commit.instance.clone(),
-                    idempotency_key: delivery.idempotency_key.clone(),
-                    message_id: commit.message_id.clone(),
-                    request: delivery.request,
-                    created_ms: commit.now_ms,
-                    attempts: 0,
-                    state: DeliveryState::Pending {
-                        next_attempt_ms: commit.now_ms,
-                    },
-                    last_result: None,
-                };
-                keys.insert(unique, record.id)?;
-                deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
-                committed.deliveries.push((commit.now_ms, record.id));
-            }
-
-            let mut events = txn.open_table(EVENTS)?;
-            for event in commit.events {
-                let queued = QueuedEvent {
-                    id: allocate(),
-                    source: commit.instance.clone(),
-                    target: event.target,
-                    message_id: commit.message_id.clone(),
-                    event: event.event,
-                    attempts: 0,
-                    next_attempt_ms: commit.now_ms,
-                    last_error: None,
-                };
-                events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
-                committed.events.push((commit.now_ms, queued.id));
-            }
-
-            match commit.consumed {
-                Consumed::Nothing => {}
-                Consumed::EventHandled(id) => {
-                    events.remove(id)?;
-                }
-                Consumed::EventFailed(queued) => {
-                    events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
-                }
-                Consumed::DeliveryUpdated(record) => {
-                    deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
-                }
-            }
-            counters.insert("next_id", next_id)?;
+        let (reply, receiver) = mpsc::sync_channel(1);
+        // A send fails only once the committer is gone; `wait` then reports it.
+        if let Some((queue, _)) = &self.committer {
+            let _ = queue.send((commit, reply));
         }
-        txn.commit()?;
-        Ok(committed)
+        PendingCommit(PendingState::Waiting(receiver))
     }
 
     pub fn delivery(&self, id: u64) -> Result<Option<DeliveryRecord>> {
@@ -280,6 +305,82 @@ impl Db {
     }
 }
 
+/// Writes one call's outcome into the batch's transaction.
+fn apply(txn: &redb::WriteTransaction, commit: Commit) -> Result<Committed> {
+    let mut committed = Committed::default();
+    let mut kv = txn.open_table(KV)?;
+    for (key, value) in commit.kv.iter() {
+        match value {
+            Some(value) => kv.insert((commit.instance.as_str(), key.as_str()), value.as_slice())?,
+            None => kv.remove((commit.instance.as_str(), key.as_str()))?,
+        };
+    }
+
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut next_id = counters.get("next_id")?.map_or(1, |value| value.value());
+    let mut allocate = || {
+        next_id += 1;
+        next_id - 1
+    };
+
+    let mut deliveries = txn.open_table(DELIVERIES)?;
+    let mut keys = txn.open_table(DELIVERY_KEYS)?;
+    for delivery in commit.deliveries {
+        let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
+        if keys.get(unique)?.is_some() {
+            committed.duplicate_deliveries += 1;
+            continue;
+        }
+        let record = DeliveryRecord {
+            id: allocate(),
+            instance: commit.instance.clone(),
+            idempotency_key: delivery.idempotency_key.clone(),
+            message_id: commit.message_id.clone(),
+            request: delivery.request,
+            created_ms: commit.now_ms,
+            attempts: 0,
+            state: DeliveryState::Pending {
+                next_attempt_ms: commit.now_ms,
+            },
+            last_result: None,
+        };
+        keys.insert(unique, record.id)?;
+        deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
+        committed.deliveries.push((commit.now_ms, record.id));
+    }
+
+    let mut events = txn.open_table(EVENTS)?;
+    for event in commit.events {
+        let queued = QueuedEvent {
+            id: allocate(),
+            source: commit.instance.clone(),
+            target: event.target,
+            message_id: commit.message_id.clone(),
+            event: event.event,
+            attempts: 0,
+            next_attempt_ms: commit.now_ms,
+            last_error: None,
+        };
+        events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
+        committed.events.push((commit.now_ms, queued.id));
+    }
+
+    match commit.consumed {
+        Consumed::Nothing => {}
+        Consumed::EventHandled(id) => {
+            events.remove(id)?;
+        }
+        Consumed::EventFailed(queued) => {
+            events.insert(queued.id, serde_json::to_string(&queued)?.as_str())?;
+        }
+        Consumed::DeliveryUpdated(record) => {
+            deliveries.insert(record.id, serde_json::to_string(&record)?.as_str())?;
+        }
+    }
+    counters.insert("next_id", next_id)?;
+    Ok(committed)
+}
+
 fn parse<T: DeserializeOwned>(table: &str, json: &str) -> Result<T> {
     serde_json::from_str(json).with_context(|| format!("corrupt record in table `{table}`"))
 }
@@ -305,10 +406,11 @@ mod tests {
             instance: instance.into(),
             message_id: "m1".into(),
             now_ms: 1_000,
-            kv: kv
-                .iter()
-                .map(|(key, value)| (key.to_string(), value.map(|v| v.as_bytes().to_vec())))
-                .collect(),
+            kv: Arc::new(
+                kv.iter()
+                    .map(|(key, value)| (key.to_string(), value.map(|v| v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             deliveries: delivery_keys
                 .iter()
                 .map(|key| NewDelivery {

@@ -43,6 +43,9 @@ pub struct KvOverlay {
     /// `None` for calls that must not see state, such as `describe` at load time.
     db: Option<Arc<Db>>,
     label: String,
+    /// The instance's earlier writes not yet durable, oldest first: they sit between this
+    /// call's writes and the database.
+    unflushed: Vec<Arc<KvWrites>>,
     writes: KvWrites,
     cas: std::collections::HashMap<u32, Cas>,
     next_cas: u32,
@@ -51,10 +54,11 @@ pub struct KvOverlay {
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 impl KvOverlay {
-    pub fn new(db: Arc<Db>, label: String) -> Self {
+    pub fn new(db: Arc<Db>, label: String, unflushed: Vec<Arc<KvWrites>>) -> Self {
         KvOverlay {
             db: Some(db),
             label,
+            unflushed,
             writes: KvWrites::new(),
             cas: Default::default(),
             next_cas: 0,
@@ -65,6 +69,7 @@ impl KvOverlay {
         KvOverlay {
             db: None,
             label: String::new(),
+            unflushed: Vec::new(),
             writes: KvWrites::new(),
             cas: Default::default(),
             next_cas: 0,
@@ -76,7 +81,10 @@ impl KvOverlay {
     }
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
-        match self.writes.get(key) {
+        let written = std::iter::once(&self.writes)
+            .chain(self.unflushed.iter().rev().map(|layer| &**layer))
+            .find_map(|layer| layer.get(key));
+        match written {
             Some(value) => Ok(value.clone()),
             None => match &self.db {
                 Some(db) => db
@@ -95,7 +103,12 @@ impl KvOverlay {
             None => Vec::new(),
         };
         let mut keys: std::collections::BTreeSet<String> = committed.into_iter().collect();
-        for (key, value) in &self.writes {
+        for (key, value) in self
+            .unflushed
+            .iter()
+            .flat_map(|layer| layer.iter())
+            .chain(&self.writes)
+        {
             match value {
                 Some(_) => keys.insert(key.clone()),
                 None => keys.remove(key),
@@ -271,7 +284,28 @@ mod tests {
     fn overlay() -> (tempfile::TempDir, KvOverlay) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
-        (dir, KvOverlay::new(db, "mine".into()))
+        (dir, KvOverlay::new(db, "mine".into(), Vec::new()))
+    }
+
+    #[test]
+    fn sees_earlier_calls_writes_before_they_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let older: KvWrites = [
+            ("a".into(), Some(b"1".to_vec())),
+            ("b".into(), Some(b"x".to_vec())),
+        ]
+        .into();
+        let newer: KvWrites = [("a".into(), Some(b"2".to_vec())), ("b".into(), None)].into();
+        let mut kv = KvOverlay::new(db, "mine".into(), vec![Arc::new(older), Arc::new(newer)]);
+        let bucket = || Resource::new_own(0);
+        assert_eq!(
+            kv.get(bucket(), "a".into()).unwrap().unwrap(),
+            Some(b"2".to_vec())
+        );
+        assert_eq!(kv.get(bucket(), "b".into()).unwrap().unwrap(), None);
+        assert_eq!(kv.list_keys(bucket(), None).unwrap().unwrap().keys, ["a"]);
+        assert!(kv.into_writes().is_empty(), "reads write nothing");
     }
 
     #[test]

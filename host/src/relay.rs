@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -43,6 +43,9 @@ pub struct Instance {
     pub redactor: Redactor,
     pub tick_interval: Option<Duration>,
     lock: Mutex<()>,
+    /// Writes of calls whose outcome is queued for the disk but not yet durable, by id.
+    unflushed: Mutex<Vec<(u64, Arc<KvWrites>)>>,
+    next_flush: AtomicU64,
 }
 
 pub struct Relay {
@@ -60,6 +63,21 @@ fn failure_backoff(attempts: u32) -> u64 {
     5_000u64
         .saturating_mul(1 << attempts.min(7).saturating_sub(1))
         .min(600_000)
+}
+
+impl Instance {
+    /// Serialises calls into this instance: its state is one history.
+    fn serial(&self) -> MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn unflushed(&self) -> MutexGuard<'_, Vec<(u64, Arc<KvWrites>)>> {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
 }
 
 impl Relay {
@@ -125,6 +143,8 @@ impl Relay {
                         .map(Duration::from_secs),
                     plugin,
                     lock: Mutex::new(()),
+                    unflushed: Mutex::default(),
+                    next_flush: AtomicU64::new(0),
                 }),
             );
         }
@@ -199,18 +219,22 @@ impl Relay {
         message_id: &str,
         request: HttpRequest,
     ) -> Result<HttpReply, String> {
-        let _serial = instance
-            .lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let serial = instance.serial();
         let (result, kv) = self.call(instance, message_id, |plugin, store, ctx| {
             plugin
                 .simrelay_adapter_adapter()
                 .call_on_webhook(store, ctx, &request)
         });
         let outcome = result.map_err(|error| instance.redactor.redact(&error.to_string()))?;
-        self.commit(instance, message_id, kv, outcome.effects, Consumed::Nothing)
-            .map_err(|error| format!("cannot store the outcome: {error:#}"))?;
+        self.commit(
+            instance,
+            serial,
+            message_id,
+            kv,
+            outcome.effects,
+            Consumed::Nothing,
+        )
+        .map_err(|error| format!("cannot store the outcome: {error:#}"))?;
         Ok(outcome.reply)
     }
 
@@ -231,10 +255,7 @@ impl Relay {
             warn!(target = %queued.target, "event kept: its target instance is not configured");
             return;
         };
-        let _serial = instance
-            .lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let serial = instance.serial();
         let (result, kv) = self.call(instance, &queued.message_id, |plugin, store, ctx| {
             plugin
                 .simrelay_adapter_adapter()
@@ -244,6 +265,7 @@ impl Relay {
         let committed = match result {
             Ok(effects) => self.commit(
                 instance,
+                serial,
                 &message_id,
                 kv,
                 effects,
@@ -261,6 +283,7 @@ impl Relay {
                 let retry_at = queued.next_attempt_ms;
                 let outcome = self.commit(
                     instance,
+                    serial,
                     &message_id,
                     KvWrites::new(),
                     Effects::none(),
@@ -291,10 +314,7 @@ impl Relay {
             idempotency_key: record.idempotency_key.clone(),
             attempt: record.attempts,
         };
-        let _serial = instance
-            .lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let serial = instance.serial();
         let (result, kv) = self.call(instance, &record.message_id, |plugin, store, ctx| {
             plugin
                 .simrelay_adapter_adapter()
@@ -332,7 +352,7 @@ impl Relay {
             state = ?record.state,
             "delivery attempt"
         );
-        self.finish_delivery(instance, record, kv, effects);
+        self.finish_delivery(instance, serial, record, kv, effects);
     }
 
     /// Records a delivery the host refused to send, without asking the plugin.
@@ -342,16 +362,14 @@ impl Relay {
             at_ms: crate::now_ms(),
             reason,
         };
-        let _serial = instance
-            .lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        self.finish_delivery(instance, record, KvWrites::new(), Effects::none());
+        let serial = instance.serial();
+        self.finish_delivery(instance, serial, record, KvWrites::new(), Effects::none());
     }
 
     fn finish_delivery(
         &self,
         instance: &Instance,
+        serial: MutexGuard<'_, ()>,
         record: DeliveryRecord,
         kv: KvWrites,
         effects: Effects,
@@ -364,6 +382,7 @@ impl Relay {
         let message_id = record.message_id.clone();
         match self.commit(
             instance,
+            serial,
             &message_id,
             kv,
             effects,
@@ -391,25 +410,29 @@ impl Relay {
         let message_id = self.new_message_id();
         let _span =
             info_span!("tick", message_id = %message_id, instance = %instance.name).entered();
-        let _serial = instance
-            .lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let serial = instance.serial();
         let (result, kv) = self.call(instance, &message_id, |plugin, store, ctx| {
             plugin.simrelay_adapter_adapter().call_on_tick(store, ctx)
         });
         let outcome = result
             .map_err(|error| instance.redactor.redact(&error.to_string()))
             .and_then(|effects| {
-                self.commit(instance, &message_id, kv, effects, Consumed::Nothing)
-                    .map_err(|error| format!("cannot store the outcome: {error:#}"))
+                self.commit(
+                    instance,
+                    serial,
+                    &message_id,
+                    kv,
+                    effects,
+                    Consumed::Nothing,
+                )
+                .map_err(|error| format!("cannot store the outcome: {error:#}"))
             });
         if let Err(error) = outcome {
             warn!("tick failed: {error}");
         }
     }
 
-    /// Calls the plugin of `instance`; the caller holds its lock until the commit.
+    /// Calls the plugin of `instance`; the caller holds its lock until the commit is queued.
     fn call<R>(
         &self,
         instance: &Instance,
@@ -427,7 +450,12 @@ impl Relay {
             message_id: message_id.to_string(),
             now_ms: crate::now_ms(),
         };
-        let overlay = KvOverlay::new(self.db.clone(), instance.name.clone());
+        let unflushed = instance
+            .unflushed()
+            .iter()
+            .map(|(_, writes)| writes.clone())
+            .collect();
+        let overlay = KvOverlay::new(self.db.clone(), instance.name.clone(), unflushed);
         let record = self.runtime.call(
             &instance.plugin,
             overlay,
@@ -443,9 +471,12 @@ impl Relay {
         (record.result, record.kv.into_writes())
     }
 
+    /// Queues the outcome of a call for the disk and releases the instance for its next
+    /// call, which sees the writes; returns once the outcome is durable.
     fn commit(
         &self,
         instance: &Instance,
+        serial: MutexGuard<'_, ()>,
         message_id: &str,
         kv: KvWrites,
         effects: Effects,
@@ -469,7 +500,13 @@ impl Relay {
                 request: delivery.request,
             })
             .collect();
-        let committed = self.db.commit(Commit {
+        let kv = Arc::new(kv);
+        let flush = (!kv.is_empty()).then(|| {
+            let flush = instance.next_flush.fetch_add(1, Ordering::Relaxed);
+            instance.unflushed().push((flush, kv.clone()));
+            flush
+        });
+        let pending = self.db.submit(Commit {
             instance: instance.name.clone(),
             message_id: message_id.to_string(),
             now_ms: crate::now_ms(),
@@ -477,7 +514,13 @@ impl Relay {
             deliveries,
             events,
             consumed,
-        })?;
+        });
+        drop(serial);
+        let committed = pending.wait();
+        if let Some(flush) = flush {
+            instance.unflushed().retain(|(id, _)| *id != flush);
+        }
+        let committed = committed?;
         if committed.duplicate_deliveries > 0 {
             info!(
                 dropped = committed.duplicate_deliveries,

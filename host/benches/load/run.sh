@@ -4,7 +4,8 @@
 #   2. a plugin call that touches no state: sandboxed call plus a commit with nothing in it;
 #   3. the Ejoin recv-sms webhook, every request a new SMS: plugin call, key-value writes,
 #      queued events, durable commit (fsync) before the reply.
-# Usage: host/benches/load/run.sh [seconds per run]   (after `make build test-plugins`)
+# Usage: host/benches/load/run.sh [seconds per run]   (after `make build test-plugins`);
+# SIMRELAY_BIN=path/to/simrelay measures another build, e.g. a baseline commit.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 seconds=${1:-10}
@@ -47,7 +48,7 @@ instance = "ejoin"
 path = "/noop/{how}"
 instance = "noop"
 TOML
-SIMRELAY_LOG=warn ./target/release/simrelay serve --config "$work/simrelay.toml" \
+SIMRELAY_LOG=warn "${SIMRELAY_BIN:-./target/release/simrelay}" serve --config "$work/simrelay.toml" \
   --listen "127.0.0.1:$host_port" --data-dir "$work/data" &
 host_pid=$!
 until curl -s -o /dev/null "http://127.0.0.1:$host_port/"; do sleep 0.1; done
