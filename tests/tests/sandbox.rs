@@ -95,3 +95,42 @@ instance = "misbehaving"
         "a secret leaked into the logs:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockSmsBower::accepting().await;
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
+        r#"forward_to = ["smsbower"]"#,
+        r#"forward_to = ["smsbower", "misbehaving"]"#,
+    ) + &format!(
+        "\n[instances.misbehaving]\nplugin = \"{}\"\n",
+        plugin_path("misbehaving").display()
+    );
+    let host = Host::start(dir.path(), &config).await;
+
+    // "trap" in base64: the misbehaving instance panics on this message's event.
+    let trap =
+        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000000,"Bank","79001234567","dHJhcA=="]]}"#;
+    let (status, _) = post_ejoin(&host, EJOIN_KEY, trap).await;
+    assert_eq!(status, 200, "the gateway's webhook is accepted");
+    smsbower
+        .wait_for(Duration::from_secs(10), |received| received.len() == 1)
+        .await;
+    assert_eq!(
+        smsbower.accepted()[0]["text"],
+        "trap",
+        "the other consumer gets it"
+    );
+
+    let logs = host.kill();
+    assert!(
+        logs.contains("event not handled, will retry: plugin crashed: panicked or aborted"),
+        "{logs}"
+    );
+    // The failed event survives a restart, still waiting for its consumer.
+    let host = Host::start(dir.path(), &config).await;
+    let logs = host.kill();
+    assert!(logs.contains("queued_events=1"), "{logs}");
+    assert_eq!(smsbower.received().len(), 1, "nothing pushed twice");
+}
