@@ -40,3 +40,4 @@ bench: build
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(PLUGINS) $(TEST_PLUGINS)) -- -D warnings
