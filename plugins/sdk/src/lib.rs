@@ -4,6 +4,48 @@
 //! store, and exports itself with [`export_adapter!`]. Compiled for `wasm32-wasip2` the
 //! store is the host's `wasi:keyvalue` bucket; in native unit tests it is a [`MemoryStore`],
 //! so adapter logic is tested with plain `cargo test` and no wasm runtime.
+//!
+//! ```
+//! use simrelay_sdk::{
+//!     Adapter, CallContext, Capability, Descriptor, Effects, Event, KeyValue, SettingSpec,
+//! };
+//!
+//! /// Counts the messages that reach it.
+//! pub struct Counter;
+//!
+//! impl Adapter for Counter {
+//!     fn describe() -> Descriptor {
+//!         Descriptor {
+//!             name: "counter".into(),
+//!             version: env!("CARGO_PKG_VERSION").into(),
+//!             api_version: simrelay_sdk::API_VERSION.into(),
+//!             capabilities: vec![Capability::Events],
+//!             settings: vec![SettingSpec::optional("label", "what the count is of")],
+//!         }
+//!     }
+//!
+//!     fn on_event(_: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+//!         if let Event::MessageReceived(_) = event {
+//!             // The host commits this write together with the call's outcome.
+//!             kv.increment("messages", 1)?;
+//!         }
+//!         Ok(Effects::none())
+//!     }
+//! }
+//!
+//! simrelay_sdk::export_adapter!(Counter);
+//!
+//! // Adapter logic is plain Rust: test it natively with an in-memory store.
+//! let kv = simrelay_sdk::MemoryStore::default();
+//! let ctx = CallContext::for_tests(&[]);
+//! let sms = simrelay_sdk::ReceivedMessage {
+//!     id: "m1".into(), sender: "Bank".into(), recipient: "+100".into(), text: "hi".into(),
+//!     kind: simrelay_sdk::MessageKind::Sms, received_at_ms: None,
+//!     device: None, port: None, iccid: None, imsi: None,
+//! };
+//! Counter::on_event(&ctx, &kv, Event::MessageReceived(sms)).unwrap();
+//! assert_eq!(kv.increment("messages", 0).unwrap(), 1);
+//! ```
 
 mod store;
 
