@@ -154,7 +154,7 @@ impl PendingCommit {
     }
 }
 
-/// Commits waiting at most are written by one transaction, with one fsync.
+/// The most waiting commits that share one transaction, and so one fsync.
 const MAX_BATCH: usize = 256;
 
 /// Applies queued commits in order, as many per transaction as are waiting.
@@ -232,7 +232,7 @@ impl Db {
     pub fn kv_keys(&self, label: &str) -> Result<Vec<String>> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
-        // Labels never contain NUL, so (label, "") .. (label, "\0"-less max) spans one label.
+        // Keys sort by label first: one label's keys run on from (label, "").
         let mut keys = Vec::new();
         for entry in table.range((label, "")..)? {
             let (key, _) = entry?;
@@ -243,11 +243,6 @@ impl Db {
             keys.push(entry_key.to_string());
         }
         Ok(keys)
-    }
-
-    /// Commits and waits until the commit is durable.
-    pub fn commit(&self, commit: Commit) -> Result<Committed> {
-        self.submit(commit).wait()
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -390,6 +385,12 @@ mod tests {
     use super::*;
     use crate::abi::Event;
     use crate::abi::v0_1::simrelay::adapter::types::SendRequest;
+
+    impl Db {
+        fn commit(&self, commit: Commit) -> Result<Committed> {
+            self.submit(commit).wait()
+        }
+    }
 
     fn request(url: &str) -> OutgoingRequest {
         OutgoingRequest {

@@ -281,23 +281,21 @@ mod tests {
     use atomics::Host as _;
     use store::{Host as _, HostBucket as _};
 
-    fn overlay() -> (tempfile::TempDir, KvOverlay) {
+    fn overlay(unflushed: Vec<Arc<KvWrites>>) -> (tempfile::TempDir, KvOverlay) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
-        (dir, KvOverlay::new(db, "mine".into(), Vec::new()))
+        (dir, KvOverlay::new(db, "mine".into(), unflushed))
     }
 
     #[test]
     fn sees_earlier_calls_writes_before_they_are_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(dir.path()).unwrap());
         let older: KvWrites = [
             ("a".into(), Some(b"1".to_vec())),
             ("b".into(), Some(b"x".to_vec())),
         ]
         .into();
         let newer: KvWrites = [("a".into(), Some(b"2".to_vec())), ("b".into(), None)].into();
-        let mut kv = KvOverlay::new(db, "mine".into(), vec![Arc::new(older), Arc::new(newer)]);
+        let (_dir, mut kv) = overlay(vec![Arc::new(older), Arc::new(newer)]);
         let bucket = || Resource::new_own(0);
         assert_eq!(
             kv.get(bucket(), "a".into()).unwrap().unwrap(),
@@ -310,7 +308,7 @@ mod tests {
 
     #[test]
     fn opens_only_its_own_store() {
-        let (_dir, mut kv) = overlay();
+        let (_dir, mut kv) = overlay(Vec::new());
         assert!(kv.open("mine".into()).unwrap().is_ok());
         assert!(matches!(
             kv.open("theirs".into()).unwrap(),
@@ -320,7 +318,7 @@ mod tests {
 
     #[test]
     fn reads_its_own_writes_and_counts() {
-        let (_dir, mut kv) = overlay();
+        let (_dir, mut kv) = overlay(Vec::new());
         let bucket = || Resource::new_own(0);
         kv.set(bucket(), "k".into(), b"v".to_vec())
             .unwrap()
