@@ -8,8 +8,8 @@ mod time;
 
 use serde_json::{Value, json};
 use simrelay_sdk::{
-    Adapter, CallContext, Capability, Descriptor, Effects, Event, HttpReply, HttpRequest, KeyValue,
-    SettingSpec, WebhookOutcome,
+    Adapter, CallContext, Capability, Descriptor, Effects, Event, HttpReply, HttpRequest,
+    KeySource, SettingSpec, Stores, WebhookKey, WebhookOutcome,
 };
 
 pub struct Ejoin;
@@ -24,26 +24,31 @@ struct Push {
 impl Adapter for Ejoin {
     fn describe() -> Descriptor {
         Descriptor {
-            name: "ejoin".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            api_version: simrelay_sdk::API_VERSION.into(),
             capabilities: vec![Capability::Webhook],
             settings: vec![
                 SettingSpec::required("api_key", "key the gateway puts in the webhook path")
                     .secret(),
             ],
+            // The host turns wrong keys away before reading the body or calling us.
+            webhook_key: Some(WebhookKey {
+                source: KeySource::Capture("key".into()),
+                setting: "api_key".into(),
+                rejection: reply(401, "Bad Api Key"),
+            }),
+            ..Descriptor::new("ejoin", env!("CARGO_PKG_VERSION"))
         }
     }
 
     fn on_webhook(
         ctx: &CallContext,
-        kv: &dyn KeyValue,
+        kv: &Stores,
         request: HttpRequest,
     ) -> Result<WebhookOutcome, String> {
         let api_key = ctx.required_setting("api_key")?;
+        // Checked here too, for hosts that do not check `webhook_key` themselves.
         if !request
             .param("key")
-            .is_some_and(|key| keys_match(key, api_key))
+            .is_some_and(|key| simrelay_sdk::secrets_match(key, api_key))
         {
             return Ok(rejected(401, "Bad Api Key"));
         }
@@ -82,18 +87,8 @@ impl Adapter for Ejoin {
     }
 }
 
-/// Compares without an early exit, so answer times do not tell how much of a guess was right.
-fn keys_match(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0, |difference, (a, b)| difference | (a ^ b))
-            == 0
-}
-
 /// Drops messages already emitted, because gateways re-send a push they think failed.
-fn unseen(ctx: &CallContext, kv: &dyn KeyValue, events: Vec<Event>) -> Result<Vec<Event>, String> {
+fn unseen(ctx: &CallContext, kv: &Stores, events: Vec<Event>) -> Result<Vec<Event>, String> {
     let mut fresh = Vec::with_capacity(events.len());
     for event in events {
         if let Event::MessageReceived(message) = &event {
@@ -125,7 +120,7 @@ simrelay_sdk::export_adapter!(Ejoin);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simrelay_sdk::{MemoryStore, SimState};
+    use simrelay_sdk::SimState;
 
     const KEY: &str = "s3cret-key";
 
@@ -146,7 +141,7 @@ mod tests {
         }
     }
 
-    fn webhook(kv: &MemoryStore, key: Option<&str>, body: &str) -> (u16, String, Vec<Event>) {
+    fn webhook(kv: &Stores, key: Option<&str>, body: &str) -> (u16, String, Vec<Event>) {
         let outcome =
             Ejoin::on_webhook(&context(), kv, request(key, body)).expect("no internal error");
         let reply: Value = serde_json::from_slice(&outcome.reply.body).expect("reply is JSON");
@@ -172,6 +167,10 @@ mod tests {
         assert_eq!(descriptor.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(descriptor.api_version, simrelay_sdk::API_VERSION);
         assert!(matches!(descriptor.capabilities[..], [Capability::Webhook]));
+        let key = descriptor.webhook_key.expect("the host checks the key");
+        assert_eq!(key.setting, "api_key");
+        assert!(matches!(key.source, KeySource::Capture(ref name) if name == "key"));
+        assert_eq!(key.rejection.status, 401);
         let setting = &descriptor.settings[0];
         assert_eq!(descriptor.settings.len(), 1);
         assert_eq!(setting.name, "api_key");
@@ -180,7 +179,7 @@ mod tests {
 
     #[test]
     fn sample_sms_is_received() {
-        let (status, message, events) = webhook(&MemoryStore::default(), Some(KEY), SAMPLE_SMS);
+        let (status, message, events) = webhook(&Stores::memory(), Some(KEY), SAMPLE_SMS);
         assert_eq!((status, message.as_str()), (200, "Ok"));
         let [Event::MessageReceived(sms)] = &events[..] else {
             panic!("one received message expected");
@@ -192,7 +191,7 @@ mod tests {
 
     #[test]
     fn sample_status_is_reported() {
-        let (status, message, events) = webhook(&MemoryStore::default(), Some(KEY), SAMPLE_STATUS);
+        let (status, message, events) = webhook(&Stores::memory(), Some(KEY), SAMPLE_STATUS);
         assert_eq!((status, message.as_str()), (200, "Ok"));
         let [Event::SimStatusChanged(sim)] = &events[..] else {
             panic!("one SIM status expected");
@@ -203,7 +202,7 @@ mod tests {
 
     #[test]
     fn re_sent_push_is_emitted_once() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let (_, _, first) = webhook(&kv, Some(KEY), SAMPLE_SMS);
         assert_eq!(first.len(), 1);
         let Event::MessageReceived(sms) = &first[0] else {
@@ -219,13 +218,13 @@ mod tests {
     fn duplicate_rows_in_one_push_are_emitted_once() {
         let row = r#"[0,"1.01",1700000000,"s","r","SGVsbG8="]"#;
         let body = format!(r#"{{"type":"recv-sms","sms":[{row},{row}]}}"#);
-        let (_, _, events) = webhook(&MemoryStore::default(), Some(KEY), &body);
+        let (_, _, events) = webhook(&Stores::memory(), Some(KEY), &body);
         assert_eq!(events.len(), 1);
     }
 
     #[test]
     fn statuses_are_not_deduplicated() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         webhook(&kv, Some(KEY), SAMPLE_STATUS);
         let (_, _, events) = webhook(&kv, Some(KEY), SAMPLE_STATUS);
         assert_eq!(events.len(), 1);
@@ -233,7 +232,7 @@ mod tests {
 
     #[test]
     fn wrong_or_missing_key_is_unauthorized() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         for key in [Some("wrong"), Some("s3cret-kez"), Some(""), None] {
             let (status, message, events) = webhook(&kv, key, SAMPLE_SMS);
             assert_eq!((status, message.as_str()), (401, "Bad Api Key"));
@@ -244,18 +243,14 @@ mod tests {
     #[test]
     fn missing_api_key_setting_is_an_internal_error() {
         let ctx = CallContext::for_tests(&[]);
-        let error = Ejoin::on_webhook(
-            &ctx,
-            &MemoryStore::default(),
-            request(Some(KEY), SAMPLE_SMS),
-        )
-        .expect_err("an error");
+        let error = Ejoin::on_webhook(&ctx, &Stores::memory(), request(Some(KEY), SAMPLE_SMS))
+            .expect_err("an error");
         assert!(error.contains("api_key"));
     }
 
     #[test]
     fn malformed_json_is_a_bad_request() {
-        let (status, message, events) = webhook(&MemoryStore::default(), Some(KEY), "{\"type\":");
+        let (status, message, events) = webhook(&Stores::memory(), Some(KEY), "{\"type\":");
         assert_eq!(status, 400);
         assert!(message.starts_with("Malformed JSON: "), "{message}");
         assert!(events.is_empty());
@@ -263,7 +258,7 @@ mod tests {
 
     #[test]
     fn missing_or_unknown_type_is_a_bad_request() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let cases = [
             (r#"{"sms":[]}"#, "Missing type"),
             ("[]", "Missing type"),
@@ -280,7 +275,7 @@ mod tests {
     #[test]
     fn wrong_body_shape_is_a_bad_request() {
         let (status, message, _) = webhook(
-            &MemoryStore::default(),
+            &Stores::memory(),
             Some(KEY),
             r#"{"type":"recv-sms","sms":"x"}"#,
         );
@@ -294,7 +289,7 @@ mod tests {
     fn invalid_base64_is_explained_and_valid_rows_still_emitted() {
         let body = r#"{"type":"recv-sms","sms":[[0,"1.01",1,"s","r","***"],
                                               [0,"1.02",1,"s","r","SGk="]]}"#;
-        let (status, message, events) = webhook(&MemoryStore::default(), Some(KEY), body);
+        let (status, message, events) = webhook(&Stores::memory(), Some(KEY), body);
         assert_eq!(status, 200);
         assert_eq!(message, "Error: row 0: text is not valid base64");
         let [Event::MessageReceived(sms)] = &events[..] else {
@@ -306,16 +301,8 @@ mod tests {
     #[test]
     fn status_report_is_acknowledged() {
         let body = r#"{"type":"status-report","mac":"m","reports":[]}"#;
-        let (status, message, events) = webhook(&MemoryStore::default(), Some(KEY), body);
+        let (status, message, events) = webhook(&Stores::memory(), Some(KEY), body);
         assert_eq!((status, message.as_str()), (200, "Ok"));
         assert!(events.is_empty());
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(keys_match("abc", "abc"));
-        assert!(!keys_match("abd", "abc"));
-        assert!(!keys_match("ab", "abc"));
-        assert!(!keys_match("", "abc"));
     }
 }

@@ -78,6 +78,7 @@ fn parse_row(row: &Value, device: Option<&str>) -> Result<Option<ReceivedMessage
         port: fields::text(&cells[1]),
         iccid: cells.get(6).and_then(fields::text),
         imsi: cells.get(7).and_then(fields::text),
+        code: None,
     }))
 }
 

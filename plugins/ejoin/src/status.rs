@@ -55,6 +55,7 @@ fn sim_status(entry: &Value, device: Option<String>) -> SimStatus {
         operator: field("opr"),
         signal: entry.get("sig").and_then(signal),
         balance: field("bal"),
+        slot_active: entry.get("slot_active").and_then(boolean),
     }
 }
 

@@ -1,14 +1,12 @@
 //! Guest SDK for simrelay adapter plugins.
 //!
-//! An adapter implements [`Adapter`] as plain functions of its inputs and a [`KeyValue`]
-//! store, and exports itself with [`export_adapter!`]. Compiled for `wasm32-wasip2` the
-//! store is the host's `wasi:keyvalue` bucket; in native unit tests it is a [`MemoryStore`],
-//! so adapter logic is tested with plain `cargo test` and no wasm runtime.
+//! An adapter implements [`Adapter`] as plain functions of its inputs and its [`Stores`],
+//! and exports itself with [`export_adapter!`]. Compiled for `wasm32-wasip2` the stores are
+//! the host's `wasi:keyvalue` buckets; in native unit tests they are [`MemoryStore`]s, so
+//! adapter logic is tested with plain `cargo test` and no wasm runtime.
 //!
 //! ```
-//! use simrelay_sdk::{
-//!     Adapter, CallContext, Capability, Descriptor, Effects, Event, KeyValue, SettingSpec,
-//! };
+//! use simrelay_sdk::{Adapter, CallContext, Capability, Descriptor, Effects, Event, SettingSpec, Stores};
 //!
 //! /// Counts the messages that reach it.
 //! pub struct Counter;
@@ -16,15 +14,13 @@
 //! impl Adapter for Counter {
 //!     fn describe() -> Descriptor {
 //!         Descriptor {
-//!             name: "counter".into(),
-//!             version: env!("CARGO_PKG_VERSION").into(),
-//!             api_version: simrelay_sdk::API_VERSION.into(),
 //!             capabilities: vec![Capability::Events],
 //!             settings: vec![SettingSpec::optional("label", "what the count is of")],
+//!             ..Descriptor::new("counter", env!("CARGO_PKG_VERSION"))
 //!         }
 //!     }
 //!
-//!     fn on_event(_: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+//!     fn on_event(_: &CallContext, kv: &Stores, event: Event) -> Result<Effects, String> {
 //!         if let Event::MessageReceived(_) = event {
 //!             // The host commits this write together with the call's outcome.
 //!             kv.increment("messages", 1)?;
@@ -36,12 +32,12 @@
 //! simrelay_sdk::export_adapter!(Counter);
 //!
 //! // Adapter logic is plain Rust: test it natively with an in-memory store.
-//! let kv = simrelay_sdk::MemoryStore::default();
+//! let kv = Stores::memory();
 //! let ctx = CallContext::for_tests(&[]);
 //! let sms = simrelay_sdk::ReceivedMessage {
 //!     id: "m1".into(), sender: "Bank".into(), recipient: "+100".into(), text: "hi".into(),
 //!     kind: simrelay_sdk::MessageKind::Sms, received_at_ms: None,
-//!     device: None, port: None, iccid: None, imsi: None,
+//!     device: None, port: None, iccid: None, imsi: None, code: None,
 //! };
 //! Counter::on_event(&ctx, &kv, Event::MessageReceived(sms)).unwrap();
 //! assert_eq!(kv.increment("messages", 0).unwrap(), 1);
@@ -49,7 +45,7 @@
 
 mod store;
 
-pub use store::{KeyValue, MemoryStore, WasiStore};
+pub use store::{KeyValue, MemoryStore, Stores, WasiStore};
 
 #[doc(hidden)]
 pub mod bindings {
@@ -64,14 +60,14 @@ pub mod bindings {
 }
 
 pub use bindings::simrelay::adapter::types::{
-    CallContext, Capability, Delivery, DeliveryOutcome, DeliveryRef, DeliveryState, DeliveryStatus,
-    Descriptor, Effects, Event, HttpReply, HttpRequest, HttpResponse, MessageKind, OutgoingRequest,
-    ReceivedMessage, ResponseOutcome, SendRequest, SettingSpec, SimState, SimStatus, Verdict,
-    WebhookOutcome,
+    CallContext, Capability, Delivery, DeliveryHealth, DeliveryOutcome, DeliveryRef, DeliveryState,
+    DeliveryStatus, Descriptor, Effects, Event, HttpReply, HttpRequest, HttpResponse, KeySource,
+    MessageKind, OutgoingRequest, ReceivedMessage, ResponseOutcome, SendRequest, SettingSpec,
+    SimState, SimStatus, StoreSpec, Verdict, WebhookKey, WebhookOutcome,
 };
 
 /// The interface version this SDK builds plugins against.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// A provider adapter. Every hook has a default, so an adapter implements only the inputs
 /// it handles.
@@ -80,7 +76,7 @@ pub trait Adapter {
 
     fn on_webhook(
         ctx: &CallContext,
-        kv: &dyn KeyValue,
+        kv: &Stores,
         request: HttpRequest,
     ) -> Result<WebhookOutcome, String> {
         let _ = (ctx, kv, request);
@@ -90,14 +86,14 @@ pub trait Adapter {
         })
     }
 
-    fn on_event(ctx: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+    fn on_event(ctx: &CallContext, kv: &Stores, event: Event) -> Result<Effects, String> {
         let _ = (ctx, kv, event);
         Ok(Effects::none())
     }
 
     fn on_response(
         ctx: &CallContext,
-        kv: &dyn KeyValue,
+        kv: &Stores,
         delivery: DeliveryRef,
         outcome: DeliveryOutcome,
     ) -> Result<ResponseOutcome, String> {
@@ -108,7 +104,7 @@ pub trait Adapter {
         })
     }
 
-    fn on_tick(ctx: &CallContext, kv: &dyn KeyValue) -> Result<Effects, String> {
+    fn on_tick(ctx: &CallContext, kv: &Stores) -> Result<Effects, String> {
         let _ = (ctx, kv);
         Ok(Effects::none())
     }
@@ -140,8 +136,35 @@ impl CallContext {
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
             store: "test".into(),
+            shared_stores: Vec::new(),
             message_id: "test-message".into(),
             now_ms: 1_700_000_000_000,
+        }
+    }
+}
+
+impl Descriptor {
+    /// A plugin with no capabilities, settings or stores yet, built against this SDK's
+    /// interface version; fill in the rest with struct update syntax.
+    pub fn new(name: &str, version: &str) -> Self {
+        Descriptor {
+            name: name.into(),
+            version: version.into(),
+            api_version: API_VERSION.into(),
+            capabilities: Vec::new(),
+            settings: Vec::new(),
+            stores: Vec::new(),
+            webhook_key: None,
+        }
+    }
+}
+
+impl StoreSpec {
+    pub fn required(name: &str, description: &str) -> Self {
+        StoreSpec {
+            name: name.into(),
+            description: description.into(),
+            required: true,
         }
     }
 }
@@ -170,6 +193,23 @@ impl SettingSpec {
             ..self
         }
     }
+}
+
+/// Compares a secret someone sent with the expected one in time that depends only on the
+/// length of what was sent, so answer times reveal neither how much of a guess was right
+/// nor how long the secret is.
+pub fn secrets_match(given: &str, expected: &str) -> bool {
+    let (given, expected) = (given.as_bytes(), expected.as_bytes());
+    let difference =
+        given
+            .iter()
+            .enumerate()
+            .fold(given.len() ^ expected.len(), |difference, (index, byte)| {
+                // Past the end of the expected secret, compare against a byte that cannot match.
+                let other = expected.get(index).map_or(!*byte, |b| *b);
+                difference | usize::from(byte ^ other)
+            });
+    difference == 0
 }
 
 impl Effects {
@@ -227,11 +267,11 @@ pub mod __export {
         ctx: CallContext,
         request: HttpRequest,
     ) -> Result<WebhookOutcome, String> {
-        A::on_webhook(&ctx, &WasiStore::open(&ctx.store)?, request)
+        A::on_webhook(&ctx, &Stores::open(&ctx)?, request)
     }
 
     pub fn on_event<A: Adapter>(ctx: CallContext, event: Event) -> Result<Effects, String> {
-        A::on_event(&ctx, &WasiStore::open(&ctx.store)?, event)
+        A::on_event(&ctx, &Stores::open(&ctx)?, event)
     }
 
     pub fn on_response<A: Adapter>(
@@ -239,11 +279,11 @@ pub mod __export {
         delivery: DeliveryRef,
         outcome: DeliveryOutcome,
     ) -> Result<ResponseOutcome, String> {
-        A::on_response(&ctx, &WasiStore::open(&ctx.store)?, delivery, outcome)
+        A::on_response(&ctx, &Stores::open(&ctx)?, delivery, outcome)
     }
 
     pub fn on_tick<A: Adapter>(ctx: CallContext) -> Result<Effects, String> {
-        A::on_tick(&ctx, &WasiStore::open(&ctx.store)?)
+        A::on_tick(&ctx, &Stores::open(&ctx)?)
     }
 }
 
@@ -289,4 +329,19 @@ macro_rules! export_adapter {
     $crate::bindings::export_plugin!(__SimrelayExport with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(secrets_match("abc", "abc"));
+        assert!(!secrets_match("abd", "abc"));
+        assert!(!secrets_match("ab", "abc"));
+        assert!(!secrets_match("abcd", "abc"));
+        assert!(!secrets_match("", "abc"));
+        assert!(secrets_match("", ""));
+    }
 }

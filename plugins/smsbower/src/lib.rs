@@ -5,7 +5,7 @@ mod push;
 
 use simrelay_sdk::{
     Adapter, CallContext, Capability, DeliveryOutcome, DeliveryRef, Descriptor, Effects, Event,
-    KeyValue, ResponseOutcome, SettingSpec,
+    ResponseOutcome, SettingSpec, Stores,
 };
 
 pub struct SmsBower;
@@ -13,9 +13,6 @@ pub struct SmsBower;
 impl Adapter for SmsBower {
     fn describe() -> Descriptor {
         Descriptor {
-            name: "smsbower".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            api_version: simrelay_sdk::API_VERSION.into(),
             capabilities: vec![Capability::Events],
             settings: vec![
                 SettingSpec::required("api_key", "partner key SmsBower issued").secret(),
@@ -25,10 +22,11 @@ impl Adapter for SmsBower {
                     "seconds between PUSH_SMS attempts until SmsBower answers SUCCESS (default 10)",
                 ),
             ],
+            ..Descriptor::new("smsbower", env!("CARGO_PKG_VERSION"))
         }
     }
 
-    fn on_event(ctx: &CallContext, kv: &dyn KeyValue, event: Event) -> Result<Effects, String> {
+    fn on_event(ctx: &CallContext, kv: &Stores, event: Event) -> Result<Effects, String> {
         match event {
             Event::MessageReceived(message) => push::on_message(ctx, kv, &message),
             _ => Ok(Effects::none()),
@@ -37,7 +35,7 @@ impl Adapter for SmsBower {
 
     fn on_response(
         ctx: &CallContext,
-        kv: &dyn KeyValue,
+        kv: &Stores,
         delivery: DeliveryRef,
         outcome: DeliveryOutcome,
     ) -> Result<ResponseOutcome, String> {
@@ -53,7 +51,7 @@ simrelay_sdk::export_adapter!(SmsBower);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simrelay_sdk::{DeliveryState, DeliveryStatus, MemoryStore};
+    use simrelay_sdk::{DeliveryState, DeliveryStatus};
 
     #[test]
     fn describes_itself() {
@@ -84,8 +82,9 @@ mod tests {
             id: "1".into(),
             state: DeliveryState::Sent,
             detail: None,
+            recipient: None,
         });
-        let effects = SmsBower::on_event(&ctx, &MemoryStore::default(), event).unwrap();
+        let effects = SmsBower::on_event(&ctx, &Stores::memory(), event).unwrap();
         assert!(effects.events.is_empty() && effects.deliveries.is_empty());
     }
 }

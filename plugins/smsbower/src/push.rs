@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 use simrelay_sdk::{
-    CallContext, Delivery, DeliveryOutcome, DeliveryRef, Effects, KeyValue, MessageKind,
-    OutgoingRequest, ReceivedMessage, Verdict,
+    CallContext, Delivery, DeliveryOutcome, DeliveryRef, Effects, MessageKind, OutgoingRequest,
+    ReceivedMessage, Stores, Verdict,
 };
 
 const DEFAULT_RETRY_INTERVAL_SECS: u64 = 10;
@@ -13,7 +13,7 @@ const PUSH_PREFIX: &str = "push/";
 
 pub(crate) fn on_message(
     ctx: &CallContext,
-    kv: &dyn KeyValue,
+    kv: &Stores,
     message: &ReceivedMessage,
 ) -> Result<Effects, String> {
     let api_key = ctx.required_setting("api_key")?;
@@ -50,7 +50,7 @@ pub(crate) fn on_message(
 /// Anything but a SUCCESS answer is retried: the protocol has no failure that is final.
 pub(crate) fn verdict(
     ctx: &CallContext,
-    kv: &dyn KeyValue,
+    kv: &Stores,
     delivery: &DeliveryRef,
     outcome: &DeliveryOutcome,
 ) -> Result<Verdict, String> {
@@ -78,7 +78,7 @@ fn pushed_key(message_id: &str) -> String {
 
 /// The integer SmsBower knows the message by. Allocated once per message id, so every push
 /// of the same message carries the same smsId.
-fn sms_id(kv: &dyn KeyValue, message_id: &str) -> Result<i64, String> {
+fn sms_id(kv: &Stores, message_id: &str) -> Result<i64, String> {
     let key = format!("sms-id/{message_id}");
     if let Some(stored) = kv.get(&key)? {
         return std::str::from_utf8(&stored)
@@ -116,7 +116,7 @@ fn retry_interval_ms(ctx: &CallContext) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simrelay_sdk::{HttpResponse, MemoryStore};
+    use simrelay_sdk::HttpResponse;
 
     const KEY: &str = "partner-s3cret";
 
@@ -138,6 +138,7 @@ mod tests {
             port: Some("1.01".into()),
             iccid: None,
             imsi: None,
+            code: None,
         }
     }
 
@@ -145,10 +146,10 @@ mod tests {
     fn a_message_without_a_recipient_is_not_pushed() {
         let mut unknown = message("m1", MessageKind::Sms);
         unknown.recipient = " ".into();
-        assert!(push(&context(&[]), &MemoryStore::default(), &unknown).is_none());
+        assert!(push(&context(&[]), &Stores::memory(), &unknown).is_none());
     }
 
-    fn push(ctx: &CallContext, kv: &MemoryStore, message: &ReceivedMessage) -> Option<Delivery> {
+    fn push(ctx: &CallContext, kv: &Stores, message: &ReceivedMessage) -> Option<Delivery> {
         let mut effects = on_message(ctx, kv, message).expect("no error");
         assert!(effects.events.is_empty());
         assert!(effects.deliveries.len() <= 1);
@@ -167,7 +168,7 @@ mod tests {
         })
     }
 
-    fn answer(ctx: &CallContext, kv: &MemoryStore, key: &str, outcome: DeliveryOutcome) -> Verdict {
+    fn answer(ctx: &CallContext, kv: &Stores, key: &str, outcome: DeliveryOutcome) -> Verdict {
         let delivery = DeliveryRef {
             idempotency_key: key.into(),
             attempt: 1,
@@ -179,7 +180,7 @@ mod tests {
     fn sample_message_push() {
         let delivery = push(
             &context(&[]),
-            &MemoryStore::default(),
+            &Stores::memory(),
             &message("m1", MessageKind::Sms),
         )
         .expect("a delivery");
@@ -212,7 +213,7 @@ mod tests {
     #[test]
     fn flash_calls_and_voice() {
         let ctx = context(&[]);
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let call = body(&push(&ctx, &kv, &message("c", MessageKind::FlashCall)).unwrap());
         assert_eq!((&call["call"], &call["voice"]), (&json!(1), &json!(0)));
         let voice = body(&push(&ctx, &kv, &message("v", MessageKind::Voice)).unwrap());
@@ -222,7 +223,7 @@ mod tests {
     #[test]
     fn sms_id_increments_and_is_stable_per_message() {
         let ctx = context(&[]);
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let first = push(&ctx, &kv, &message("a", MessageKind::Sms)).unwrap();
         let second = push(&ctx, &kv, &message("b", MessageKind::Sms)).unwrap();
         let again = push(&ctx, &kv, &message("a", MessageKind::Sms)).unwrap();
@@ -255,18 +256,13 @@ mod tests {
     fn base_url_trailing_slash() {
         let ctx =
             CallContext::for_tests(&[("api_key", KEY), ("base_url", "https://x.test/bower/")]);
-        let delivery = push(
-            &ctx,
-            &MemoryStore::default(),
-            &message("m", MessageKind::Sms),
-        )
-        .unwrap();
+        let delivery = push(&ctx, &Stores::memory(), &message("m", MessageKind::Sms)).unwrap();
         assert_eq!(delivery.request.url, "https://x.test/bower/agent/api/sms");
     }
 
     #[test]
     fn missing_settings_are_named_without_secrets() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let sms = message("m", MessageKind::Sms);
         let no_key = CallContext::for_tests(&[("base_url", "https://smsbower.online")]);
         let error = on_message(&no_key, &kv, &sms).expect_err("api_key missing");
@@ -284,7 +280,7 @@ mod tests {
     #[test]
     fn success_is_delivered_and_never_pushed_again() {
         let ctx = context(&[]);
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let sms = message("m1", MessageKind::Sms);
         let delivery = push(&ctx, &kv, &sms).unwrap();
         let verdict = answer(
@@ -301,7 +297,7 @@ mod tests {
     #[test]
     fn anything_else_is_retried_after_ten_seconds() {
         let ctx = context(&[]);
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let outcomes = [
             response(200, r#"{"status":"ERROR"}"#),
             response(200, r#"{"status":"success"}"#),
@@ -323,7 +319,7 @@ mod tests {
 
     #[test]
     fn retry_interval_is_configurable() {
-        let kv = MemoryStore::default();
+        let kv = Stores::memory();
         let refused = || DeliveryOutcome::TransportError("timeout".into());
         let ctx = context(&[("retry_interval_secs", "30")]);
         assert!(matches!(
