@@ -8,12 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use simrelay::abi;
+use simrelay::abi::{Input, Output};
 use simrelay::config::Limits;
 use simrelay::db::Db;
-use simrelay::kv::KvOverlay;
+use simrelay::kv::{KvOverlay, StoreState};
+use simrelay::model;
 use simrelay::runtime::Runtime;
-use simrelay_sdk::{Adapter, MemoryStore};
+use simrelay_sdk::{Adapter, Stores};
 
 const RECV_SMS: &str = r#"{"type":"recv-sms","sms":[[null,null,"2023-10-27 10:00:00","BankInfo","79001234567","SGVsbG8gV29ybGQ="]]}"#;
 const KEY: &str = "bench-key";
@@ -31,14 +32,16 @@ fn ejoin_webhook(c: &mut Criterion) {
 
     let settings = vec![("api_key".to_string(), KEY.to_string())];
     let params = vec![("key".to_string(), KEY.to_string())];
-    let host_ctx = abi::CallContext {
+    let store = StoreState::new("ejoin");
+    let host_ctx = model::CallContext {
         instance: "ejoin".into(),
         settings: settings.clone(),
         store: "ejoin".into(),
+        shared_stores: Vec::new(),
         message_id: "bench".into(),
         now_ms: 0,
     };
-    let host_request = abi::HttpRequest {
+    let host_request = model::HttpRequest {
         method: "POST".into(),
         path: format!("/api/{KEY}/webhook"),
         query: String::new(),
@@ -61,7 +64,7 @@ fn ejoin_webhook(c: &mut Criterion) {
         b.iter(|| {
             let outcome = simrelay_ejoin::Ejoin::on_webhook(
                 &native_ctx,
-                &MemoryStore::default(),
+                &Stores::memory(),
                 native_request.clone(),
             )
             .unwrap();
@@ -72,17 +75,15 @@ fn ejoin_webhook(c: &mut Criterion) {
         b.iter(|| {
             let record = runtime.call(
                 &plugin,
-                KvOverlay::new(db.clone(), "ejoin".into(), Vec::new()),
+                KvOverlay::new(db.clone(), std::slice::from_ref(&store)),
                 &limits,
-                |bindings, store| {
-                    bindings.simrelay_adapter_adapter().call_on_webhook(
-                        store,
-                        &host_ctx,
-                        &host_request,
-                    )
-                },
+                &host_ctx,
+                Input::Webhook(&host_request),
             );
-            assert_eq!(record.result.unwrap().effects.events.len(), 1);
+            let Ok(Output::Webhook(outcome)) = record.result else {
+                panic!("the webhook is accepted");
+            };
+            assert_eq!(outcome.effects.events.len(), 1);
         })
     });
     group.finish();

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use simrelay_core::retry::RetryPolicy;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,11 +21,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// Limits on webhook clients: connections, timeouts, body sizes.
+    pub http: crate::server::HttpLimits,
+    /// Attempts in flight at once to one destination (host and port).
+    pub deliveries_per_destination: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            listen: None,
+            data_dir: None,
+            http: Default::default(),
+            deliveries_per_destination: 8,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,8 +48,14 @@ pub struct HostConfig {
 pub struct InstanceConfig {
     /// Path of the plugin component, relative to the configuration file.
     pub plugin: PathBuf,
-    #[serde(default)]
+    /// Strings as they are; tables and lists become JSON text, numbers and booleans their
+    /// plain text, so plugins read every setting as a string.
+    #[serde(default, deserialize_with = "settings_as_text")]
     pub settings: BTreeMap<String, String>,
+    /// Shared stores granted to this instance besides its own, by the name the plugin asks
+    /// for them: `{ inventory = "farm" }`. Every instance granted a label sees its keys.
+    #[serde(default)]
+    pub stores: BTreeMap<String, String>,
     /// Instances that receive this one's events.
     #[serde(default)]
     pub forward_to: Vec<String>,
@@ -44,6 +66,28 @@ pub struct InstanceConfig {
     pub limits: Limits,
     /// Seconds between `on-tick` calls, for plugins that ask for ticks.
     pub tick_interval_secs: Option<u64>,
+    /// When deliveries are retried and when they are given up.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+fn settings_as_text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let values = BTreeMap::<String, toml::Value>::deserialize(deserializer)?;
+    Ok(values
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Table(_) | toml::Value::Array(_) => {
+                    serde_json::to_string(&value).unwrap_or_default()
+                }
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
 }
 
 /// The sandbox of every call into an instance.
@@ -92,6 +136,10 @@ impl Config {
                 *value = interpolate(value, env)
                     .with_context(|| format!("instances.{name}.settings.{key}"))?;
             }
+            for (key, label) in instance.stores.iter_mut() {
+                *label = interpolate(label, env)
+                    .with_context(|| format!("instances.{name}.stores.{key}"))?;
+            }
             for host in instance.allow_hosts.iter_mut() {
                 *host = interpolate(host, env)
                     .with_context(|| format!("instances.{name}.allow_hosts"))?;
@@ -112,13 +160,29 @@ impl Config {
                     route.instance
                 );
             }
-            crate::router::Pattern::parse(&route.path)?;
+            simrelay_core::routing::Pattern::parse(&route.path).map_err(anyhow::Error::msg)?;
         }
         for (name, instance) in &self.instances {
             for target in &instance.forward_to {
                 if !self.instances.contains_key(target) {
                     bail!("instances.{name}.forward_to names unknown instance `{target}`");
                 }
+            }
+            for (store, label) in &instance.stores {
+                // An instance's own store is labelled with its name: granting that label
+                // would hand one instance's private state to another.
+                if self.instances.contains_key(label) {
+                    bail!(
+                        "instances.{name}.stores.{store}: `{label}` is an instance's own store; \
+                         name shared stores apart from instances"
+                    );
+                }
+                if label.is_empty() {
+                    bail!("instances.{name}.stores.{store} is empty");
+                }
+            }
+            if let Some(problem) = instance.retry.problem() {
+                bail!("instances.{name}.retry: {problem}");
             }
         }
         self.reject_cycles()
@@ -213,6 +277,25 @@ mod tests {
     fn resolves_plugin_paths_against_the_config_file() {
         let config = parse("[instances.a]\nplugin = \"a.wasm\"\n").unwrap();
         assert_eq!(config.instances["a"].plugin, Path::new("/etc/a.wasm"));
+    }
+
+    #[test]
+    fn settings_tables_arrive_as_json_and_stores_are_granted_apart_from_instances() {
+        let config = parse(
+            "[instances.a]\nplugin = \"a.wasm\"\nstores = { inventory = \"farm\" }\n\
+             [instances.a.settings]\nretry = 10\nservices = { tg = { price = 5 } }\n",
+        )
+        .unwrap();
+        let settings = &config.instances["a"].settings;
+        assert_eq!(settings["retry"], "10");
+        assert_eq!(settings["services"], r#"{"tg":{"price":5}}"#);
+        assert_eq!(config.instances["a"].stores["inventory"], "farm");
+        let stealing = "[instances.a]\nplugin = \"a.wasm\"\n[instances.b]\nplugin = \"b.wasm\"\n\
+                        stores = { inventory = \"a\" }\n";
+        let error = parse(stealing).unwrap_err().to_string();
+        assert!(error.contains("`a` is an instance's own store"), "{error}");
+        let bad_retry = "[instances.a]\nplugin = \"a.wasm\"\nretry = { jitter = 3.0 }\n";
+        assert!(parse(bad_retry).unwrap_err().to_string().contains("jitter"));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `wasi:keyvalue@0.2.0-draft2` for plugins, on the host's own database.
 //!
-//! A call sees one instance's namespace only: opening any other label is `access-denied`,
-//! as on Spin. Reads fall through to the committed state; writes collect in [`KvOverlay`]
-//! and reach the database only when the call's whole outcome commits, in the same
-//! transaction as the deliveries and events it produced.
+//! A call sees its instance's own store and the shared stores the configuration grants it;
+//! opening any other label is `access-denied`, as on Spin. Reads fall through to the
+//! committed state; writes collect in [`KvOverlay`] and reach the database only when the
+//! call's whole outcome commits, in the same transaction as the deliveries and events it
+//! produced.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use wasmtime::component::Resource;
 
@@ -26,93 +27,188 @@ pub mod bindings {
 
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
-/// An open bucket; there is only ever the instance's own.
+/// An open bucket; its representation is the index of its store in the call's view.
 pub struct Bucket;
 
 /// A compare-and-swap handle: the value seen when it was made.
 pub struct Cas {
+    store: usize,
     key: String,
     seen: Option<Vec<u8>>,
 }
 
-/// Writes of one call, not yet committed. `None` deletes the key.
+/// Writes of one call to one store, not yet committed. `None` deletes the key.
 pub type KvWrites = BTreeMap<String, Option<Vec<u8>>>;
 
-/// The key-value view of one plugin call.
+/// One store label. Calls that use it hold its lock, so its state is one serial history
+/// (compare-and-swap between instances that share it always sees the latest value), and
+/// they see the writes of earlier calls still on their way to disk.
+pub struct StoreState {
+    pub label: String,
+    lock: Mutex<()>,
+    /// Writes of commits queued but not yet durable, oldest first, by commit sequence.
+    unflushed: Mutex<Vec<(u64, Arc<KvWrites>)>>,
+}
+
+fn unpoisoned<T>(guard: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
+    guard.unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl StoreState {
+    pub fn new(label: &str) -> Arc<Self> {
+        Arc::new(StoreState {
+            label: label.to_string(),
+            lock: Mutex::new(()),
+            unflushed: Mutex::default(),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        unpoisoned(self.lock.lock())
+    }
+
+    /// Makes a queued commit's writes visible to later calls until it is durable.
+    pub fn push_unflushed(&self, sequence: u64, writes: Arc<KvWrites>) {
+        unpoisoned(self.unflushed.lock()).push((sequence, writes));
+    }
+
+    /// Drops the layers of commits up to `sequence`, now durable: commits reach the disk in
+    /// sequence order, so an older layer left behind would hide newer durable state.
+    pub fn remove_durable(&self, sequence: u64) {
+        unpoisoned(self.unflushed.lock()).retain(|(queued, _)| *queued > sequence);
+    }
+}
+
+/// What a call wrote and which queued commits it read from.
+pub struct CallWrites {
+    /// (label, writes), only stores written to.
+    pub stores: Vec<(String, KvWrites)>,
+    /// The newest queued commit whose writes the call read: its reply must wait until
+    /// that commit is durable, or it could acknowledge what a failed disk then loses.
+    pub read_unflushed: Option<u64>,
+}
+
+/// The view of one store within a call.
+struct StoreView {
+    label: String,
+    /// Writes of earlier calls not yet durable, oldest first: they sit between this call's
+    /// writes and the database.
+    unflushed: Vec<(u64, Arc<KvWrites>)>,
+    writes: KvWrites,
+}
+
+/// The key-value view of one plugin call: the instance's own store first, then the shared
+/// stores granted to it. Opening any other label is `access-denied`, as on Spin.
 pub struct KvOverlay {
     /// `None` for calls that must not see state, such as `describe` at load time.
     db: Option<Arc<Db>>,
-    label: String,
-    /// The instance's earlier writes not yet durable, oldest first: they sit between this
-    /// call's writes and the database.
-    unflushed: Vec<Arc<KvWrites>>,
-    writes: KvWrites,
-    cas: std::collections::HashMap<u32, Cas>,
+    stores: Vec<StoreView>,
+    cas: HashMap<u32, Cas>,
     next_cas: u32,
+    read_unflushed: Option<u64>,
 }
 
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
 impl KvOverlay {
-    pub fn new(db: Arc<Db>, label: String, unflushed: Vec<Arc<KvWrites>>) -> Self {
+    /// The caller holds the lock of every store in `stores`.
+    pub fn new(db: Arc<Db>, stores: &[Arc<StoreState>]) -> Self {
         KvOverlay {
             db: Some(db),
-            label,
-            unflushed,
-            writes: KvWrites::new(),
-            cas: Default::default(),
+            stores: stores
+                .iter()
+                .map(|state| StoreView {
+                    label: state.label.clone(),
+                    unflushed: unpoisoned(state.unflushed.lock()).clone(),
+                    writes: KvWrites::new(),
+                })
+                .collect(),
+            cas: HashMap::new(),
             next_cas: 0,
+            read_unflushed: None,
         }
     }
 
     pub fn detached() -> Self {
         KvOverlay {
             db: None,
-            label: String::new(),
-            unflushed: Vec::new(),
-            writes: KvWrites::new(),
-            cas: Default::default(),
+            stores: Vec::new(),
+            cas: HashMap::new(),
             next_cas: 0,
+            read_unflushed: None,
         }
     }
 
-    pub fn into_writes(self) -> KvWrites {
-        self.writes
-    }
-
-    fn read(&self, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
-        let written = std::iter::once(&self.writes)
-            .chain(self.unflushed.iter().rev().map(|layer| &**layer))
-            .find_map(|layer| layer.get(key));
-        match written {
-            Some(value) => Ok(value.clone()),
-            None => match &self.db {
-                Some(db) => db
-                    .kv_get(&self.label, key)
-                    .map_err(|error| store::Error::Other(error.to_string())),
-                None => Ok(None),
-            },
+    pub fn into_writes(self) -> CallWrites {
+        CallWrites {
+            stores: self
+                .stores
+                .into_iter()
+                .filter(|view| !view.writes.is_empty())
+                .map(|view| (view.label, view.writes))
+                .collect(),
+            read_unflushed: self.read_unflushed,
         }
     }
 
-    fn keys_after(&self, cursor: Option<&str>) -> Result<Vec<String>, store::Error> {
+    fn view(&mut self, bucket: &Resource<Bucket>) -> wasmtime::Result<&mut StoreView> {
+        self.stores
+            .get_mut(bucket.rep() as usize)
+            .ok_or_else(|| wasmtime::format_err!("unknown bucket handle"))
+    }
+
+    fn note_read(&mut self, sequence: u64) {
+        self.read_unflushed = self.read_unflushed.max(Some(sequence));
+    }
+
+    fn read(&mut self, store: usize, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        let view = &self.stores[store];
+        if let Some(value) = view.writes.get(key) {
+            return Ok(value.clone());
+        }
+        let layered =
+            view.unflushed.iter().rev().find_map(|(sequence, layer)| {
+                layer.get(key).map(|value| (*sequence, value.clone()))
+            });
+        if let Some((sequence, value)) = layered {
+            self.note_read(sequence);
+            return Ok(value);
+        }
+        match &self.db {
+            Some(db) => db
+                .kv_get(&view.label, key)
+                .map_err(|error| store::Error::Other(error.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    fn keys_after(
+        &mut self,
+        store: usize,
+        cursor: Option<&str>,
+    ) -> Result<Vec<String>, store::Error> {
+        let view = &self.stores[store];
         let committed = match &self.db {
             Some(db) => db
-                .kv_keys(&self.label)
+                .kv_keys(&view.label, cursor)
                 .map_err(|error| store::Error::Other(error.to_string()))?,
             None => Vec::new(),
         };
-        let mut keys: std::collections::BTreeSet<String> = committed.into_iter().collect();
-        for (key, value) in self
+        let mut keys: BTreeSet<String> = committed.into_iter().collect();
+        let newest_layer = view.unflushed.last().map(|(sequence, _)| *sequence);
+        for (key, value) in view
             .unflushed
             .iter()
-            .flat_map(|layer| layer.iter())
-            .chain(&self.writes)
+            .flat_map(|(_, layer)| layer.iter())
+            .chain(&view.writes)
         {
             match value {
                 Some(_) => keys.insert(key.clone()),
                 None => keys.remove(key),
             };
+        }
+        if let Some(sequence) = newest_layer {
+            self.note_read(sequence);
         }
         Ok(keys
             .into_iter()
@@ -124,47 +220,56 @@ impl KvOverlay {
 /// Keys returned per `list-keys` page.
 const LIST_PAGE: usize = 1000;
 
+fn bucket(store: usize) -> Resource<Bucket> {
+    Resource::new_own(store as u32)
+}
+
 impl store::Host for KvOverlay {
     fn open(&mut self, identifier: String) -> KvResult<Resource<Bucket>> {
-        if identifier != self.label {
-            return Ok(Err(store::Error::AccessDenied));
-        }
-        // Bucket carries no state, so every handle can share one representation.
-        Ok(Ok(Resource::new_own(0)))
+        Ok(self
+            .stores
+            .iter()
+            .position(|view| view.label == identifier)
+            .map(bucket)
+            .ok_or(store::Error::AccessDenied))
     }
 }
 
 impl store::HostBucket for KvOverlay {
-    fn get(&mut self, _: Resource<Bucket>, key: String) -> KvResult<Option<Vec<u8>>> {
-        Ok(self.read(&key))
+    fn get(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<Option<Vec<u8>>> {
+        Ok(self.read(bucket.rep() as usize, &key))
     }
 
-    fn set(&mut self, _: Resource<Bucket>, key: String, value: Vec<u8>) -> KvResult<()> {
-        self.writes.insert(key, Some(value));
+    fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> KvResult<()> {
+        self.view(&bucket)?.writes.insert(key, Some(value));
         Ok(Ok(()))
     }
 
-    fn delete(&mut self, _: Resource<Bucket>, key: String) -> KvResult<()> {
-        self.writes.insert(key, None);
+    fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<()> {
+        self.view(&bucket)?.writes.insert(key, None);
         Ok(Ok(()))
     }
 
-    fn exists(&mut self, _: Resource<Bucket>, key: String) -> KvResult<bool> {
-        Ok(self.read(&key).map(|value| value.is_some()))
+    fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<bool> {
+        Ok(self
+            .read(bucket.rep() as usize, &key)
+            .map(|value| value.is_some()))
     }
 
     fn list_keys(
         &mut self,
-        _: Resource<Bucket>,
+        bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> KvResult<store::KeyResponse> {
-        Ok(self.keys_after(cursor.as_deref()).map(|mut keys| {
-            let cursor = (keys.len() > LIST_PAGE).then(|| {
-                keys.truncate(LIST_PAGE);
-                keys[LIST_PAGE - 1].clone()
-            });
-            store::KeyResponse { keys, cursor }
-        }))
+        Ok(self
+            .keys_after(bucket.rep() as usize, cursor.as_deref())
+            .map(|mut keys| {
+                let cursor = (keys.len() > LIST_PAGE).then(|| {
+                    keys.truncate(LIST_PAGE);
+                    keys[LIST_PAGE - 1].clone()
+                });
+                store::KeyResponse { keys, cursor }
+            }))
     }
 
     fn drop(&mut self, _: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -173,8 +278,8 @@ impl store::HostBucket for KvOverlay {
 }
 
 impl atomics::Host for KvOverlay {
-    fn increment(&mut self, _: Resource<Bucket>, key: String, delta: i64) -> KvResult<i64> {
-        let current = match self.read(&key) {
+    fn increment(&mut self, bucket: Resource<Bucket>, key: String, delta: i64) -> KvResult<i64> {
+        let current = match self.read(bucket.rep() as usize, &key) {
             Ok(current) => current,
             Err(error) => return Ok(Err(error)),
         };
@@ -188,7 +293,9 @@ impl atomics::Host for KvOverlay {
             }
         };
         let next = current.wrapping_add(delta);
-        self.writes.insert(key, Some(next.to_le_bytes().to_vec()));
+        self.view(&bucket)?
+            .writes
+            .insert(key, Some(next.to_le_bytes().to_vec()));
         Ok(Ok(next))
     }
 
@@ -200,7 +307,7 @@ impl atomics::Host for KvOverlay {
         let Some(handle) = self.cas.remove(&cas.rep()) else {
             wasmtime::bail!("unknown cas handle");
         };
-        let current = match self.read(&handle.key) {
+        let current = match self.read(handle.store, &handle.key) {
             Ok(current) => current,
             Err(error) => return Ok(Err(atomics::CasError::StoreError(error))),
         };
@@ -215,19 +322,22 @@ impl atomics::Host for KvOverlay {
             );
             return Ok(Err(atomics::CasError::CasFailed(Resource::new_own(rep))));
         }
-        self.writes.insert(handle.key, Some(value));
+        self.stores[handle.store]
+            .writes
+            .insert(handle.key, Some(value));
         Ok(Ok(()))
     }
 }
 
 impl atomics::HostCas for KvOverlay {
-    fn new(&mut self, _: Resource<Bucket>, key: String) -> KvResult<Resource<Cas>> {
-        let seen = match self.read(&key) {
+    fn new(&mut self, bucket: Resource<Bucket>, key: String) -> KvResult<Resource<Cas>> {
+        let store = bucket.rep() as usize;
+        let seen = match self.read(store, &key) {
             Ok(seen) => seen,
             Err(error) => return Ok(Err(error)),
         };
         self.next_cas += 1;
-        self.cas.insert(self.next_cas, Cas { key, seen });
+        self.cas.insert(self.next_cas, Cas { store, key, seen });
         Ok(Ok(Resource::new_own(self.next_cas)))
     }
 
@@ -247,29 +357,32 @@ impl atomics::HostCas for KvOverlay {
 impl batch::Host for KvOverlay {
     fn get_many(
         &mut self,
-        _: Resource<Bucket>,
+        bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
+        let store = bucket.rep() as usize;
         Ok(keys
             .into_iter()
-            .map(|key| self.read(&key).map(|value| (key, value)))
+            .map(|key| self.read(store, &key).map(|value| (key, value)))
             .collect())
     }
 
     fn set_many(
         &mut self,
-        _: Resource<Bucket>,
+        bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> KvResult<()> {
+        let view = self.view(&bucket)?;
         for (key, value) in key_values {
-            self.writes.insert(key, Some(value));
+            view.writes.insert(key, Some(value));
         }
         Ok(Ok(()))
     }
 
-    fn delete_many(&mut self, _: Resource<Bucket>, keys: Vec<String>) -> KvResult<()> {
+    fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> KvResult<()> {
+        let view = self.view(&bucket)?;
         for key in keys {
-            self.writes.insert(key, None);
+            view.writes.insert(key, None);
         }
         Ok(Ok(()))
     }
@@ -278,38 +391,52 @@ impl batch::Host for KvOverlay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atomics::Host as _;
+    use atomics::{Host as _, HostCas as _};
     use store::{Host as _, HostBucket as _};
 
-    fn overlay(unflushed: Vec<Arc<KvWrites>>) -> (tempfile::TempDir, KvOverlay) {
+    fn overlay(stores: &[Arc<StoreState>]) -> (tempfile::TempDir, KvOverlay) {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
-        (dir, KvOverlay::new(db, "mine".into(), unflushed))
+        (dir, KvOverlay::new(db, stores))
     }
 
     #[test]
-    fn sees_earlier_calls_writes_before_they_are_durable() {
+    fn sees_earlier_calls_writes_before_they_are_durable_and_says_so() {
+        let mine = StoreState::new("mine");
         let older: KvWrites = [
             ("a".into(), Some(b"1".to_vec())),
             ("b".into(), Some(b"x".to_vec())),
         ]
         .into();
         let newer: KvWrites = [("a".into(), Some(b"2".to_vec())), ("b".into(), None)].into();
-        let (_dir, mut kv) = overlay(vec![Arc::new(older), Arc::new(newer)]);
-        let bucket = || Resource::new_own(0);
+        mine.push_unflushed(4, Arc::new(older));
+        mine.push_unflushed(9, Arc::new(newer));
+        let (_dir, mut kv) = overlay(std::slice::from_ref(&mine));
+        assert_eq!(kv.get(bucket(0), "none".into()).unwrap().unwrap(), None);
+        assert_eq!(kv.read_unflushed, None, "a miss read only durable state");
         assert_eq!(
-            kv.get(bucket(), "a".into()).unwrap().unwrap(),
+            kv.get(bucket(0), "a".into()).unwrap().unwrap(),
             Some(b"2".to_vec())
         );
-        assert_eq!(kv.get(bucket(), "b".into()).unwrap().unwrap(), None);
-        assert_eq!(kv.list_keys(bucket(), None).unwrap().unwrap().keys, ["a"]);
-        assert!(kv.into_writes().is_empty(), "reads write nothing");
+        assert_eq!(kv.get(bucket(0), "b".into()).unwrap().unwrap(), None);
+        assert_eq!(kv.list_keys(bucket(0), None).unwrap().unwrap().keys, ["a"]);
+        let writes = kv.into_writes();
+        assert!(writes.stores.is_empty(), "reads write nothing");
+        assert_eq!(writes.read_unflushed, Some(9));
+
+        // Whichever commit's waiter finishes first, a durable commit takes every older
+        // layer with it, so no stale layer hides what the database now holds.
+        mine.remove_durable(9);
+        let (_dir, mut kv) = overlay(&[mine]);
+        assert_eq!(kv.get(bucket(0), "a".into()).unwrap().unwrap(), None);
+        assert_eq!(kv.into_writes().read_unflushed, None);
     }
 
     #[test]
-    fn opens_only_its_own_store() {
-        let (_dir, mut kv) = overlay(Vec::new());
-        assert!(kv.open("mine".into()).unwrap().is_ok());
+    fn opens_only_the_stores_granted() {
+        let (_dir, mut kv) = overlay(&[StoreState::new("mine"), StoreState::new("farm")]);
+        assert_eq!(kv.open("mine".into()).unwrap().unwrap().rep(), 0);
+        assert_eq!(kv.open("farm".into()).unwrap().unwrap().rep(), 1);
         assert!(matches!(
             kv.open("theirs".into()).unwrap(),
             Err(store::Error::AccessDenied)
@@ -317,23 +444,55 @@ mod tests {
     }
 
     #[test]
-    fn reads_its_own_writes_and_counts() {
-        let (_dir, mut kv) = overlay(Vec::new());
-        let bucket = || Resource::new_own(0);
-        kv.set(bucket(), "k".into(), b"v".to_vec())
+    fn writes_go_to_the_store_they_were_made_in() {
+        let (_dir, mut kv) = overlay(&[StoreState::new("mine"), StoreState::new("farm")]);
+        kv.set(bucket(0), "k".into(), b"own".to_vec())
+            .unwrap()
+            .unwrap();
+        kv.set(bucket(1), "k".into(), b"shared".to_vec())
             .unwrap()
             .unwrap();
         assert_eq!(
-            kv.get(bucket(), "k".into()).unwrap().unwrap(),
+            kv.get(bucket(1), "k".into()).unwrap().unwrap(),
+            Some(b"shared".to_vec())
+        );
+        let writes = kv.into_writes().stores;
+        assert_eq!(writes.len(), 2);
+        assert_eq!(writes[1].0, "farm");
+        assert_eq!(writes[1].1["k"], Some(b"shared".to_vec()));
+    }
+
+    #[test]
+    fn reads_its_own_writes_counts_and_swaps() {
+        let (_dir, mut kv) = overlay(&[StoreState::new("mine")]);
+        kv.set(bucket(0), "k".into(), b"v".to_vec())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kv.get(bucket(0), "k".into()).unwrap().unwrap(),
             Some(b"v".to_vec())
         );
-        assert_eq!(kv.increment(bucket(), "n".into(), 2).unwrap().unwrap(), 2);
-        assert_eq!(kv.increment(bucket(), "n".into(), 3).unwrap().unwrap(), 5);
-        assert!(kv.increment(bucket(), "k".into(), 1).unwrap().is_err());
-        kv.delete(bucket(), "k".into()).unwrap().unwrap();
-        assert!(!kv.exists(bucket(), "k".into()).unwrap().unwrap());
-        let keys = kv.list_keys(bucket(), None).unwrap().unwrap();
-        assert_eq!(keys.keys, ["n"]);
-        assert_eq!(kv.into_writes().len(), 2);
+        assert_eq!(kv.increment(bucket(0), "n".into(), 2).unwrap().unwrap(), 2);
+        assert_eq!(kv.increment(bucket(0), "n".into(), 3).unwrap().unwrap(), 5);
+        assert!(kv.increment(bucket(0), "k".into(), 1).unwrap().is_err());
+        let cas = kv.new(bucket(0), "lease".into()).unwrap().unwrap();
+        assert_eq!(
+            kv.current(Resource::new_own(cas.rep())).unwrap().unwrap(),
+            None
+        );
+        kv.swap(cas, b"taken".to_vec()).unwrap().unwrap();
+        let stale = kv.new(bucket(0), "lease".into()).unwrap().unwrap();
+        kv.set(bucket(0), "lease".into(), b"other".to_vec())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            kv.swap(stale, b"mine".to_vec()).unwrap(),
+            Err(atomics::CasError::CasFailed(_))
+        ));
+        kv.delete(bucket(0), "k".into()).unwrap().unwrap();
+        assert!(!kv.exists(bucket(0), "k".into()).unwrap().unwrap());
+        let keys = kv.list_keys(bucket(0), None).unwrap().unwrap();
+        assert_eq!(keys.keys, ["lease", "n"]);
+        assert_eq!(kv.into_writes().stores[0].1.len(), 3);
     }
 }

@@ -2,10 +2,11 @@
 //! gateways and SMS-activation marketplaces.
 //!
 //! Each provider is an adapter plugin: a sans-I/O component that turns inputs into outputs.
-//! The host owns all I/O: it routes webhooks to plugins ([`server`], [`router`]), passes
-//! their events downstream and performs their HTTP deliveries durably ([`relay`],
-//! [`delivery`]), keeps each instance's key-value state ([`kv`], [`db`]) and sandboxes
-//! every call ([`runtime`]).
+//! The host owns all I/O: it routes webhooks to plugins ([`server`]), passes their events
+//! downstream and performs their HTTP deliveries durably ([`relay`], [`delivery`]), keeps
+//! each instance's key-value state ([`kv`], [`db`]) and sandboxes every call ([`runtime`]),
+//! speaking every supported interface version ([`abi`]). The rules that need no I/O live in
+//! the `simrelay-core` crate, shared with the Spin bridge.
 
 pub mod abi;
 pub mod config;
@@ -15,9 +16,10 @@ pub mod kv;
 pub mod queue;
 pub mod redact;
 pub mod relay;
-pub mod router;
 pub mod runtime;
 pub mod server;
+
+pub use simrelay_core::model;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

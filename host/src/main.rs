@@ -2,13 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use simrelay::config::Config;
+use simrelay::db::Db;
+use simrelay::delivery;
 use simrelay::relay::{self, Relay};
-use simrelay::{delivery, server};
-use tracing::info;
+use simrelay::server::{self, BodyBudget};
+use tokio::net::TcpListener;
+use tracing::{error, info};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +58,24 @@ fn main() -> Result<()> {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("cannot listen for SIGTERM");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    info!("shutting down: finishing requests in flight");
+}
+
 fn serve(
     config_path: PathBuf,
     listen: Option<SocketAddr>,
@@ -65,25 +88,73 @@ fn serve(
     let data_dir = data_dir
         .or_else(|| config.host.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("data"));
-    let relay = Relay::start(&config, &data_dir)?;
 
+    let loaded = Relay::load(&config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("simrelay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        tokio::spawn(delivery::run_worker(relay.clone(), client));
-        tokio::spawn(relay::run_event_worker(relay.clone()));
+        let db = open_storage(&listener, &config.host.http, &data_dir).await;
+        let relay = tokio::task::block_in_place(|| Relay::start(loaded, db))?;
+        let limits = Arc::new(delivery::Limits::new(
+            config.host.deliveries_per_destination,
+        ));
+        tokio::spawn(delivery::run_worker(
+            relay.clone(),
+            delivery::client()?,
+            limits,
+        ));
+        relay::spawn_event_workers(&relay);
         relay::spawn_tickers(&relay);
         info!(%listen, data_dir = %data_dir.display(), "simrelay serving");
-        axum::serve(listener, server::app(relay))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let budget = BodyBudget::new(&config.host.http);
+        let handler = move |request, _peer| server::webhook(relay.clone(), budget.clone(), request);
+        server::serve(&listener, &config.host.http, handler, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Opens the database. While it cannot be written (a full or failing disk), webhooks get
+/// 503 on `listener`, so a host restarted on a full disk tells its senders to come back
+/// instead of dying at once, and starts for real as soon as the disk has room again.
+async fn open_storage(
+    listener: &TcpListener,
+    limits: &server::HttpLimits,
+    data_dir: &std::path::Path,
+) -> Arc<Db> {
+    let mut first_error = true;
+    loop {
+        match tokio::task::block_in_place(|| Db::open(data_dir)) {
+            Ok(db) => {
+                if !first_error {
+                    info!("storage writable again: starting");
+                }
+                return Arc::new(db);
+            }
+            Err(cause) => {
+                if first_error {
+                    error!(
+                        "storage unavailable: {cause:#}. Refusing webhooks with 503 and trying \
+                         again every 2 s; free disk space or fix {} to recover",
+                        data_dir.display()
+                    );
+                    first_error = false;
+                }
+                let unavailable = |_, _| async {
+                    server::json_error(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "storage unavailable; send it again later",
+                    )
+                };
+                server::serve(
+                    listener,
+                    limits,
+                    unavailable,
+                    tokio::time::sleep(Duration::from_secs(2)),
+                )
+                .await;
+            }
+        }
+    }
 }

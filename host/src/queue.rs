@@ -18,7 +18,10 @@ pub struct DueQueue {
 
 impl DueQueue {
     pub fn schedule(&self, due_ms: u64, id: u64) {
-        self.heap.lock().unwrap().push(Reverse((due_ms, id)));
+        self.heap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Reverse((due_ms, id)));
         self.changed.notify_one();
     }
 
@@ -26,12 +29,13 @@ impl DueQueue {
     pub async fn next_due(&self) -> u64 {
         loop {
             let wait = {
-                let mut heap = self.heap.lock().unwrap();
+                let now = crate::now_ms();
+                let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
                 match heap.peek() {
-                    Some(Reverse((due, _))) if *due <= crate::now_ms() => {
+                    Some(Reverse((due, _))) if *due <= now => {
                         return heap.pop().map(|Reverse((_, id))| id).unwrap_or_default();
                     }
-                    Some(Reverse((due, _))) => Some(Duration::from_millis(due - crate::now_ms())),
+                    Some(Reverse((due, _))) => Some(Duration::from_millis(due - now)),
                     None => None,
                 }
             };

@@ -17,9 +17,10 @@ use wasmtime::{
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::abi::{self, Descriptor, v0_1};
+use crate::abi::{self, AdapterPre, Input, Output};
 use crate::config::Limits;
 use crate::kv::{self, KvOverlay};
+use crate::model::{CallContext, Descriptor};
 
 /// How often the deadline clock ticks; call deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -52,7 +53,14 @@ pub struct Runtime {
 /// A plugin component, compiled, linked and described.
 pub struct LoadedPlugin {
     pub descriptor: Descriptor,
-    pre: v0_1::PluginPre<CallState>,
+    pre: AdapterPre,
+}
+
+impl LoadedPlugin {
+    /// The interface version the plugin speaks.
+    pub fn interface_version(&self) -> &'static str {
+        self.pre.version()
+    }
 }
 
 /// Why a call produced nothing.
@@ -60,15 +68,21 @@ pub struct LoadedPlugin {
 pub enum CallError {
     /// The plugin returned an error of its own.
     Plugin(String),
-    /// The plugin trapped, ran out of time or memory, or broke the interface.
+    /// The plugin trapped (a panic, an abort) or broke the interface.
     Trap(String),
+    /// The plugin ran past its CPU deadline.
+    Deadline(String),
+    /// The plugin tried to grow its memory past its cap.
+    OutOfMemory(String),
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Plugin(message) => write!(f, "plugin error: {message}"),
-            CallError::Trap(message) => write!(f, "plugin crashed: {message}"),
+            CallError::Trap(message)
+            | CallError::Deadline(message)
+            | CallError::OutOfMemory(message) => write!(f, "plugin crashed: {message}"),
         }
     }
 }
@@ -116,11 +130,10 @@ impl Runtime {
         let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
-        self.check_interface_version(&component)
+        let version = self
+            .interface_version(&component)
             .with_context(|| format!("cannot load plugin {}", path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
+        let pre = AdapterPre::new(&self.linker, &component, version)
             .map_err(anyhow::Error::from)
             .with_context(|| {
                 format!(
@@ -128,12 +141,8 @@ impl Runtime {
                     path.display()
                 )
             })?;
-        let pre = v0_1::PluginPre::new(pre).map_err(anyhow::Error::from)?;
-        let described = self.run(&pre, KvOverlay::detached(), limits, |bindings, store| {
-            bindings
-                .simrelay_adapter_adapter()
-                .call_describe(store)
-                .map(Ok)
+        let described = self.run(&pre, KvOverlay::detached(), limits, |adapter, store| {
+            adapter.describe(store).map(Ok)
         });
         let descriptor = described
             .result
@@ -142,8 +151,9 @@ impl Runtime {
         Ok(LoadedPlugin { descriptor, pre })
     }
 
-    /// Refuses a plugin built for an interface version this host does not speak.
-    fn check_interface_version(&self, component: &Component) -> Result<()> {
+    /// The interface version the plugin was built for; an error names a version this host
+    /// does not speak.
+    fn interface_version(&self, component: &Component) -> Result<&'static str> {
         let ty = component.component_type();
         let prefix = format!("{}@", abi::ADAPTER_INTERFACE);
         let versions: Vec<String> = ty
@@ -151,11 +161,11 @@ impl Runtime {
             .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentInstance(_)))
             .filter_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_string))
             .collect();
-        if versions
+        if let Some(version) = abi::SUPPORTED_VERSIONS
             .iter()
-            .any(|v| abi::SUPPORTED_VERSIONS.contains(&v.as_str()))
+            .find(|supported| versions.iter().any(|v| v == *supported))
         {
-            return Ok(());
+            return Ok(version);
         }
         let speaks = abi::SUPPORTED_VERSIONS.join(", ");
         match versions.first() {
@@ -169,23 +179,26 @@ impl Runtime {
         }
     }
 
-    /// Runs `call` in a fresh, sandboxed instance of `plugin`.
-    pub fn call<R>(
+    /// Hands `input` to a fresh, sandboxed instance of `plugin`.
+    pub fn call(
         &self,
         plugin: &LoadedPlugin,
         kv: KvOverlay,
         limits: &Limits,
-        call: impl FnOnce(&v0_1::Plugin, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> CallRecord<R> {
-        self.run(&plugin.pre, kv, limits, call)
+        ctx: &CallContext,
+        input: Input<'_>,
+    ) -> CallRecord<Output> {
+        self.run(&plugin.pre, kv, limits, |adapter, store| {
+            adapter.call(store, ctx, input)
+        })
     }
 
     fn run<R>(
         &self,
-        pre: &v0_1::PluginPre<CallState>,
+        pre: &AdapterPre,
         kv: KvOverlay,
         limits: &Limits,
-        call: impl FnOnce(&v0_1::Plugin, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
+        call: impl FnOnce(&abi::Adapter, &mut Store<CallState>) -> wasmtime::Result<Result<R, String>>,
     ) -> CallRecord<R> {
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
@@ -213,7 +226,7 @@ impl Runtime {
         let result = match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(CallError::Plugin(message)),
-            Err(error) => Err(CallError::Trap(describe_trap(&error, limits))),
+            Err(error) => Err(describe_trap(&error, limits)),
         };
         let mut output = String::from_utf8_lossy(&stdout.contents()).into_owned();
         output.push_str(&String::from_utf8_lossy(&stderr.contents()));
@@ -226,19 +239,25 @@ impl Runtime {
 }
 
 /// A short account of why a call trapped; the full wasm backtrace goes to the debug log.
-fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> String {
+fn describe_trap(error: &wasmtime::Error, limits: &Limits) -> CallError {
     let detail = format!("{error:?}");
     tracing::debug!("plugin trapped: {detail}");
     if detail.contains("forcing trap when growing memory") {
-        return format!("exceeded its memory limit of {} MiB", limits.memory_mb);
+        return CallError::OutOfMemory(format!(
+            "exceeded its memory limit of {} MiB",
+            limits.memory_mb
+        ));
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("exceeded its CPU deadline of {} ms", limits.timeout_ms),
+        Some(Trap::Interrupt) => CallError::Deadline(format!(
+            "exceeded its CPU deadline of {} ms",
+            limits.timeout_ms
+        )),
         Some(Trap::UnreachableCodeReached) => {
-            "panicked or aborted (its output is in the log)".to_string()
+            CallError::Trap("panicked or aborted (its output is in the log)".to_string())
         }
-        Some(trap) => format!("wasm trap: {trap}"),
-        None => format!("{error:#}"),
+        Some(trap) => CallError::Trap(format!("wasm trap: {trap}")),
+        None => CallError::Trap(format!("{error:#}")),
     }
 }
 
@@ -265,7 +284,8 @@ mod tests {
                 (export "simrelay:adapter/adapter@0.9.0" (instance $adapter)))"#,
         );
         assert!(
-            error.contains("it was built for simrelay:adapter@0.9.0; this host speaks 0.1.0"),
+            error
+                .contains("it was built for simrelay:adapter@0.9.0; this host speaks 0.2.0, 0.1.0"),
             "{error}"
         );
     }

@@ -55,13 +55,13 @@ instance = "misbehaving"
         "{reply}"
     );
 
+    // The same request would exhaust memory again: a final answer, not "send it again".
     let (status, reply) = misbehave(&host, "oom").await;
-    assert_eq!(status, 500);
+    assert_eq!(status, 422);
+    let error = reply["error"].as_str().unwrap();
     assert!(
-        reply["error"]
-            .as_str()
-            .unwrap()
-            .contains("exceeded its memory limit of 16 MiB"),
+        error.contains("exceeded its memory limit of 16 MiB")
+            && error.contains("sending it again will not help"),
         "{reply}"
     );
 

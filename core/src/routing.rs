@@ -1,7 +1,5 @@
 //! Webhook routes: path patterns with `{name}` captures, matched segment by segment.
 
-use anyhow::{Result, bail};
-
 #[derive(Debug, Clone, PartialEq)]
 enum Segment {
     Literal(String),
@@ -14,23 +12,24 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    pub fn parse(pattern: &str) -> Result<Self> {
+    /// The error says what is wrong with the pattern, naming it.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
         let Some(rest) = pattern.strip_prefix('/') else {
-            bail!("route path `{pattern}` must start with `/`");
+            return Err(format!("route path `{pattern}` must start with `/`"));
         };
         let segments = rest
             .split('/')
             .map(
                 |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                    Some("") => bail!("route path `{pattern}` has an unnamed capture"),
+                    Some("") => Err(format!("route path `{pattern}` has an unnamed capture")),
                     Some(name) => Ok(Segment::Capture(name.to_string())),
-                    None if segment.contains(['{', '}']) => {
-                        bail!("route path `{pattern}`: a capture must be a whole segment")
-                    }
+                    None if segment.contains(['{', '}']) => Err(format!(
+                        "route path `{pattern}`: a capture must be a whole segment"
+                    )),
                     None => Ok(Segment::Literal(segment.to_string())),
                 },
             )
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, String>>()?;
         Ok(Pattern { segments })
     }
 
