@@ -194,12 +194,16 @@ pub fn on_response<D: Dialect>(
             None => Ok(()),
         }
     };
+    // Answers end up in logs and give-up reasons: keep the partner key out of them, should
+    // a marketplace echo it.
+    let redact = |answer: String| answer.replace(settings.api_key.as_str(), "***");
     match D::push_answer(outcome) {
         PushAnswer::Accepted => {
             settle(PushState::Delivered)?;
             Ok(Verdict::Delivered)
         }
         PushAnswer::Refused(reason) => {
+            let reason = redact(reason);
             settle(PushState::Refused {
                 reason: reason.clone(),
             })?;
@@ -209,6 +213,7 @@ pub fn on_response<D: Dialect>(
             )))
         }
         PushAnswer::NotYet(answer) => {
+            let answer = redact(answer);
             let ended = match &record {
                 Some(record) => activation::load(own, record.activation)?.filter(|a| !a.is_open()),
                 None => None,
