@@ -326,7 +326,10 @@ mod tests {
             )
             .unwrap();
         open(&own, &issued).unwrap();
-        assert_eq!(open_activations(&own).unwrap(), [issued.clone()]);
+        assert_eq!(
+            open_activations(&own).unwrap(),
+            std::slice::from_ref(&issued)
+        );
 
         let closing = close(
             &own,
