@@ -1151,3 +1151,86 @@ fn statistics_are_fetched_each_interval_and_compared() {
     );
     assert!(off.tick().deliveries.is_empty());
 }
+
+// ---- cost ----
+
+/// Counts the calls a store gets.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStore,
+    calls: RefCell<std::collections::BTreeMap<&'static str, u32>>,
+}
+
+impl Counting {
+    fn count(&self, call: &'static str) {
+        *self.calls.borrow_mut().entry(call).or_default() += 1;
+    }
+}
+
+impl KeyValue for Counting {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.count("get");
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.count("set");
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.count("delete");
+        self.inner.delete(key)
+    }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+        self.count("increment");
+        self.inner.increment(key, delta)
+    }
+    fn keys(&self, prefix: &str) -> Result<Vec<String>, String> {
+        self.count("keys");
+        self.inner.keys(prefix)
+    }
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        self.count("get_many");
+        self.inner.get_many(keys)
+    }
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> Result<bool, String> {
+        self.count("compare_and_swap");
+        self.inner.compare_and_swap(key, expected, new)
+    }
+}
+
+/// The benchmark's farm: GET_NUMBER reads 500 cards with one listing and one batch read,
+/// and writes one compare-and-swap, however many cards are leased already.
+#[test]
+fn get_number_reads_the_farm_once() {
+    let farm = Counting::default();
+    let market = instance("bower", &[]);
+    for port in 0..500 {
+        let status = sim(
+            &format!("{}.{:02}", port / 32, port % 32),
+            &format!("89700{port:04}"),
+            &format!("+7900{port:07}"),
+            "250010000000001",
+        );
+        market.event(&farm.inner, Event::SimStatusChanged(status));
+    }
+    for _ in 0..20 {
+        number_of(&get_number(&market, &farm.inner, json!({})));
+    }
+    let started = std::time::Instant::now();
+    number_of(&get_number(&market, &farm, json!({})));
+    let elapsed = started.elapsed();
+    let calls = farm.calls.borrow().clone();
+    assert_eq!(
+        calls,
+        [("compare_and_swap", 1), ("get_many", 1), ("keys", 1)]
+            .into_iter()
+            .collect()
+    );
+    eprintln!("GET_NUMBER over 500 cards: {elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+}
