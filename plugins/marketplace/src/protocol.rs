@@ -70,8 +70,8 @@ impl Refusal {
     }
 }
 
-/// The body as a JSON object, and whether its `key` is the expected one. The key is checked
-/// before anything else is read, in constant time.
+/// Reads a marketplace request. Its `key` is checked, in constant time, before any other
+/// field is read: a request with a wrong key learns nothing else.
 pub fn parse(body: &[u8], expected_key: &str) -> Result<Request, Refusal> {
     let fields = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => fields,

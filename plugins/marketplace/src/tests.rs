@@ -512,6 +512,21 @@ fn a_lost_compare_and_swap_moves_on_to_another_number() {
     }
 }
 
+/// Spin may run two calls of one instance at once, too.
+#[test]
+fn two_concurrent_calls_of_one_marketplace_get_two_numbers() {
+    let farm = farm();
+    let bower = instance("bower", &[]);
+    let first = RefCell::new(Value::Null);
+    let racing = Racing::new(&farm, || {
+        *first.borrow_mut() = get_number(&bower, &farm, json!({}));
+    });
+    let second = get_number(&bower, &racing, json!({}));
+    assert_eq!(racing.lost_swaps.get(), 1);
+    assert_ne!(number_of(&first.borrow()), number_of(&second));
+    assert_ne!(first.borrow()["activationId"], second["activationId"]);
+}
+
 #[test]
 fn a_lost_race_for_the_last_number_is_no_numbers() {
     let farm = MemoryStore::default();
