@@ -43,6 +43,7 @@
 //! assert_eq!(kv.increment("messages", 0).unwrap(), 1);
 //! ```
 
+pub mod phone;
 mod store;
 
 pub use store::{KeyValue, MemoryStore, Stores, WasiStore};
