@@ -43,8 +43,16 @@
 //! assert_eq!(kv.increment("messages", 0).unwrap(), 1);
 //! ```
 
+pub mod dedupe;
+pub mod encoding;
+pub mod http;
+pub mod lenient;
 mod store;
+pub mod time;
 
+pub use dedupe::MarkOnce;
+/// The SDK's JSON library, so adapters and the SDK's [`lenient`] readers agree on one version.
+pub use serde_json;
 pub use store::{KeyValue, MemoryStore, Stores, WasiStore};
 
 #[doc(hidden)]
