@@ -48,6 +48,8 @@ pub mod encoding;
 pub mod http;
 pub mod lenient;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use dedupe::MarkOnce;
@@ -133,6 +135,17 @@ impl CallContext {
         self.setting(name)
             .filter(|value| !value.is_empty())
             .ok_or_else(|| format!("setting `{name}` is not configured"))
+    }
+
+    /// A whole-number setting, `default` when absent or empty. The error names the setting
+    /// and what it holds, so operators see which line of their configuration to fix.
+    pub fn number_setting(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.setting(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(value) => value
+                .parse()
+                .map_err(|_| format!("setting `{name}` must be a whole number, not `{value}`")),
+        }
     }
 
     /// A context for native unit tests.
@@ -342,6 +355,18 @@ macro_rules! export_adapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_settings_default_and_explain_bad_values() {
+        let ctx = CallContext::for_tests(&[("a", " 30 "), ("b", ""), ("c", "soon")]);
+        assert_eq!(ctx.number_setting("a", 1), Ok(30));
+        assert_eq!(ctx.number_setting("b", 1), Ok(1));
+        assert_eq!(ctx.number_setting("missing", 1), Ok(1));
+        assert_eq!(
+            ctx.number_setting("c", 1),
+            Err("setting `c` must be a whole number, not `soon`".into())
+        );
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {
