@@ -25,9 +25,10 @@
 //! Keys: `long/<hash of device, port, sender, recipient>` → the pending message as JSON.
 
 use serde::{Deserialize, Serialize};
+use simrelay_sdk::dedupe::fingerprint;
 use simrelay_sdk::{KeyValue, ReceivedMessage};
 
-use crate::sms::{SmsRow, fnv1a};
+use crate::sms::SmsRow;
 
 /// Septets in one part of a concatenated GSM-7 SMS (160 less the 7 the header takes).
 const FULL_GSM7_PART: usize = 153;
@@ -112,7 +113,7 @@ fn pending_key(row: &SmsRow) -> String {
         row.sender.clone(),
         row.recipient.clone(),
     ];
-    format!("{PREFIX}{:016x}", fnv1a(&fields))
+    format!("{PREFIX}{}", fingerprint(&fields))
 }
 
 fn load(kv: &dyn KeyValue, key: &str) -> Result<Option<Pending>, String> {

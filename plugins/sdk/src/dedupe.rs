@@ -12,6 +12,21 @@
 
 use crate::KeyValue;
 
+/// A stable 64-bit fingerprint of some fields, as 16 hex digits, for ids of things a provider
+/// sends without one. FNV-1a over the fields, each followed by 0xff, a byte UTF-8 never
+/// contains, so moving text from one field to the next changes the fingerprint.
+pub fn fingerprint<S: AsRef<str>>(fields: &[S]) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = fields
+        .iter()
+        .flat_map(|field| field.as_ref().bytes().chain([0xff]))
+        .fold(OFFSET_BASIS, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+    format!("{hash:016x}")
+}
+
 /// How long a sweep that found nothing more to delete waits before listing keys again.
 const SWEEP_PAUSE_MS: u64 = 60_000;
 
@@ -134,6 +149,15 @@ mod tests {
     use proptest::prelude::*;
 
     const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn fingerprint_matches_fnv1a_reference_values() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; here each field ends in 0xff.
+        let hash_of_a = (0xaf63_dc4c_8601_ec8c_u64 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+        assert_eq!(fingerprint(&["a"]), format!("{hash_of_a:016x}"));
+        assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
+        assert_eq!(fingerprint::<&str>(&[]), "cbf29ce484222325");
+    }
 
     #[test]
     fn marks_once_within_the_window() {
