@@ -554,3 +554,565 @@ fn rejected(status: u16, message: &str) -> WebhookOutcome {
 }
 
 simrelay_sdk::export_adapter!(SmsGateway24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::tests::{GETALLDEVICES_SAMPLE, GETALLSMS_SAMPLE};
+    use simrelay_sdk::encoding::form_decode;
+    use simrelay_sdk::{DeliveryState, DeliveryStatus, HttpResponse, SendRequest, SimState};
+
+    const NOW: u64 = 1_700_000_000_000;
+    const KEY: &str = "hook-key";
+
+    fn ctx_with(now_ms: u64, extra: &[(&str, &str)]) -> CallContext {
+        let mut settings = vec![
+            ("email", "ops@example.org"),
+            ("password", "pa+ss"),
+            ("webhook_key", KEY),
+            ("base_url", "https://sg.test"),
+        ];
+        settings.extend_from_slice(extra);
+        CallContext {
+            now_ms,
+            ..CallContext::for_tests(&settings)
+        }
+    }
+
+    fn ctx(now_ms: u64) -> CallContext {
+        ctx_with(now_ms, &[("device_id", "260")])
+    }
+
+    fn send_request(id: &str, to: &str) -> SendRequest {
+        SendRequest {
+            id: id.into(),
+            to: to.into(),
+            text: "Your code is 1234".into(),
+            device: None,
+            sim: None,
+            send_at_ms: None,
+            urgent: false,
+        }
+    }
+
+    fn send(kv: &Stores, ctx: &CallContext, id: &str) -> Effects {
+        SmsGateway24::on_event(ctx, kv, Event::SendSms(send_request(id, "+4915752982212")))
+            .expect("no internal error")
+    }
+
+    fn respond_at(
+        kv: &Stores,
+        ctx: &CallContext,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> ResponseOutcome {
+        let response = HttpResponse {
+            status,
+            headers: vec![("retry-after".into(), "30".into())],
+            body: body.as_bytes().to_vec(),
+        };
+        let delivery = DeliveryRef {
+            idempotency_key: key.into(),
+            attempt: 1,
+        };
+        SmsGateway24::on_response(ctx, kv, delivery, DeliveryOutcome::Response(response))
+            .expect("no internal error")
+    }
+
+    fn respond(kv: &Stores, key: &str, body: &str) -> ResponseOutcome {
+        respond_at(kv, &ctx(NOW), key, 200, body)
+    }
+
+    fn statuses(events: &[Event]) -> Vec<(String, DeliveryState, String)> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                Event::DeliveryStatusChanged(DeliveryStatus {
+                    id, state, detail, ..
+                }) => Some((id.clone(), *state, detail.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn form(delivery: &Delivery) -> Vec<(String, String)> {
+        form_decode(&String::from_utf8_lossy(&delivery.request.body))
+    }
+
+    fn webhook(kv: &Stores, key: &str, body: &str) -> (u16, Value, Vec<Event>) {
+        let request = HttpRequest {
+            method: "POST".into(),
+            path: format!("/sg24/{key}"),
+            query: String::new(),
+            params: vec![("key".into(), key.into())],
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        };
+        let outcome = SmsGateway24::on_webhook(&ctx(NOW), kv, request).expect("no internal error");
+        let reply = serde_json::from_slice(&outcome.reply.body).expect("JSON reply");
+        (outcome.reply.status, reply, outcome.effects.events)
+    }
+
+    /// A send goes out with a token: returns the delivery that carries it.
+    fn with_token(kv: &Stores) {
+        token::received(&**kv, "tk1").unwrap();
+    }
+
+    #[test]
+    fn describes_itself() {
+        let descriptor = SmsGateway24::describe();
+        assert_eq!(descriptor.name, "smsgateway24");
+        assert_eq!(descriptor.api_version, simrelay_sdk::API_VERSION);
+        assert!(matches!(
+            descriptor.capabilities[..],
+            [Capability::Webhook, Capability::Tick, Capability::Send]
+        ));
+        let settings: Vec<_> = descriptor
+            .settings
+            .iter()
+            .map(|s| (s.name.as_str(), s.required, s.secret))
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                ("email", true, false),
+                ("password", true, true),
+                ("webhook_key", true, true),
+                ("base_url", false, false),
+                ("device_id", false, false),
+                ("utc_offset_minutes", false, false),
+                ("incoming_poll_secs", false, false),
+                ("status_poll_secs", false, false),
+                ("devices_poll_secs", false, false),
+                ("dedupe_window_secs", false, false),
+            ]
+        );
+        let key = descriptor.webhook_key.unwrap();
+        assert_eq!(key.setting, "webhook_key");
+    }
+
+    #[test]
+    fn sends_wait_for_a_token_then_go_out_as_one_batch() {
+        let kv = Stores::memory();
+        let first = send(&kv, &ctx(NOW), "s1");
+        assert_eq!(
+            statuses(&first.events),
+            [("s1".into(), DeliveryState::Pending, "queued".into())]
+        );
+        let [login] = &first.deliveries[..] else {
+            panic!("a token is asked for");
+        };
+        assert_eq!(login.idempotency_key, format!("gettoken/{NOW}"));
+        assert_eq!(
+            login.request.url,
+            "https://sg.test/getdata/gettoken?email=ops%40example.org&pass=pa%2Bss"
+        );
+        let second = send(&kv, &ctx(NOW + 1), "s2");
+        assert!(second.deliveries.is_empty(), "the token is on its way");
+
+        let outcome = respond(
+            &kv,
+            &login.idempotency_key,
+            r#"{"error":0,"message":"OK","token":"tk1"}"#,
+        );
+        assert!(matches!(outcome.verdict, Verdict::Delivered));
+        let [batch] = &outcome.effects.deliveries[..] else {
+            panic!("one addalotofsms for both");
+        };
+        assert!(batch.request.url.ends_with("/getdata/addalotofsms"));
+        let data: Value = serde_json::from_str(&form(batch)[0].1).unwrap();
+        assert_eq!(data["token"], "tk1");
+        assert_eq!(data["smsdata"].as_array().unwrap().len(), 2);
+        assert_eq!(data["smsdata"][0]["sendto"], "+4915752982212");
+        assert_eq!(data["smsdata"][0]["device_id"], 260);
+
+        let outcome = respond(&kv, &batch.idempotency_key, r#"{"error":0,"message":"OK"}"#);
+        assert!(matches!(outcome.verdict, Verdict::Delivered));
+        let accepted = statuses(&outcome.effects.events);
+        assert_eq!(accepted.len(), 2);
+        assert!(
+            accepted
+                .iter()
+                .all(|(_, state, _)| *state == DeliveryState::Pending)
+        );
+        assert_eq!(sends::stage_of(&*kv, "s1").as_deref(), Some("accepted"));
+        assert!(kv.keys("batch/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_send_with_a_token_is_addsms_and_followed_to_delivery() {
+        let kv = Stores::memory();
+        with_token(&kv);
+        let effects = send(&kv, &ctx(NOW), "s1");
+        let [add] = &effects.deliveries[..] else {
+            panic!("addsms expected");
+        };
+        assert_eq!(add.idempotency_key, "addsms/1/s1");
+        let fields = form(add);
+        assert!(fields.contains(&("sendto".into(), "+4915752982212".into())));
+        assert!(String::from_utf8_lossy(&add.request.body).contains("sendto=%2B4915752982212"));
+        let outcome = respond(
+            &kv,
+            &add.idempotency_key,
+            r#"{ "error": 0, "sms_id": 62807347, "message": "Sms has been saved successfully"}"#,
+        );
+        assert_eq!(
+            statuses(&outcome.effects.events),
+            [(
+                "s1".into(),
+                DeliveryState::Pending,
+                "accepted by SmsGateway24 as SMS 62807347".into()
+            )]
+        );
+
+        let polls = SmsGateway24::on_tick(&ctx(NOW + 60_000), &kv)
+            .unwrap()
+            .deliveries;
+        let poll = polls
+            .iter()
+            .find(|d| d.idempotency_key.starts_with("getsmsstatus/"))
+            .expect("a status poll");
+        assert!(form(poll).contains(&("sms_id".into(), "62807347".into())));
+        let outcome = respond(
+            &kv,
+            &poll.idempotency_key,
+            r#"{"error":0,"message":"OK","sms_id":62807347,"status":6,"status_description":"sent"}"#,
+        );
+        assert_eq!(
+            statuses(&outcome.effects.events),
+            [("s1".into(), DeliveryState::Sent, "6 sent".into())]
+        );
+        // The service's delivery-status webhook has the last word.
+        let (status, _, events) = webhook(
+            &kv,
+            KEY,
+            r#"{"sms_id":62807347,"status_id":7,"status_message":"delivered","sendto":"+4915752982212","device_id":260}"#,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            statuses(&events),
+            [("s1".into(), DeliveryState::Delivered, "7 delivered".into())]
+        );
+        assert!(
+            kv.keys("send/").unwrap().is_empty(),
+            "final: no longer followed"
+        );
+        assert!(kv.keys("sms/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_expired_token_is_renewed_and_the_send_made_again() {
+        let kv = Stores::memory();
+        with_token(&kv);
+        let add = send(&kv, &ctx(NOW), "s1").deliveries.remove(0);
+        let outcome = respond(
+            &kv,
+            &add.idempotency_key,
+            r#"{"error":1,"message":"Token is not valid"}"#,
+        );
+        let Verdict::GiveUp(reason) = &outcome.verdict else {
+            panic!("the old request is done with");
+        };
+        assert!(reason.contains("new one"), "{reason}");
+        let [login] = &outcome.effects.deliveries[..] else {
+            panic!("a new token is asked for");
+        };
+        assert!(login.idempotency_key.starts_with("gettoken/"));
+        assert!(
+            outcome.effects.events.is_empty(),
+            "not a failure of the SMS"
+        );
+        let outcome = respond(&kv, &login.idempotency_key, r#"{"error":0,"token":"tk2"}"#);
+        let [again] = &outcome.effects.deliveries[..] else {
+            panic!("the SMS goes out again");
+        };
+        assert_eq!(
+            again.idempotency_key, "addsms/2/s1",
+            "a new idempotency key"
+        );
+        assert!(form(again).contains(&("token".into(), "tk2".into())));
+    }
+
+    #[test]
+    fn refusals_and_failures() {
+        let kv = Stores::memory();
+        with_token(&kv);
+        let add = send(&kv, &ctx(NOW), "s1").deliveries.remove(0);
+        // Retried: the service is down, busy, or unreachable.
+        assert!(matches!(
+            respond_at(&kv, &ctx(NOW), &add.idempotency_key, 502, "x").verdict,
+            Verdict::Retry
+        ));
+        assert!(matches!(
+            respond_at(&kv, &ctx(NOW), &add.idempotency_key, 429, "").verdict,
+            Verdict::RetryAfterMs(30_000)
+        ));
+        let transport = SmsGateway24::on_response(
+            &ctx(NOW),
+            &kv,
+            DeliveryRef {
+                idempotency_key: add.idempotency_key.clone(),
+                attempt: 2,
+            },
+            DeliveryOutcome::TransportError("timeout".into()),
+        )
+        .unwrap();
+        assert!(matches!(transport.verdict, Verdict::Retry));
+        // `{"error":1}` with HTTP 200 is a refusal.
+        let outcome = respond(
+            &kv,
+            &add.idempotency_key,
+            r#"{"error":1,"message":"Device not found"}"#,
+        );
+        assert!(
+            matches!(outcome.verdict, Verdict::GiveUp(ref reason) if reason == "Device not found")
+        );
+        assert_eq!(
+            statuses(&outcome.effects.events),
+            [(
+                "s1".into(),
+                DeliveryState::Failed,
+                "Device not found".into()
+            )]
+        );
+
+        // An answer that cannot be read: maybe sent; looked up, never sent twice.
+        let add = send(&kv, &ctx(NOW), "s2").deliveries.remove(0);
+        let outcome = respond(&kv, &add.idempotency_key, "<html>");
+        assert!(matches!(outcome.verdict, Verdict::GiveUp(_)));
+        assert_eq!(
+            statuses(&outcome.effects.events)[0].1,
+            DeliveryState::Pending
+        );
+        let polls = SmsGateway24::on_tick(&ctx(NOW + 60_000), &kv)
+            .unwrap()
+            .deliveries;
+        let find = polls
+            .iter()
+            .find(|d| d.idempotency_key.starts_with("findsms/"))
+            .expect("looked up by customerid");
+        let customerid = form(find)
+            .into_iter()
+            .find(|(name, _)| name == "customerid")
+            .unwrap()
+            .1;
+        let listing = json!({ "smss": { "9": { "id": 9, "customerid": customerid.parse::<u64>().unwrap(),
+                                               "status": 8, "statustitle": "not delivered" } } });
+        let outcome = respond(&kv, &find.idempotency_key, &listing.to_string());
+        assert_eq!(
+            statuses(&outcome.effects.events),
+            [("s2".into(), DeliveryState::Failed, "8 not delivered".into())]
+        );
+
+        // Nonsense requests are failures at once.
+        let effects =
+            SmsGateway24::on_event(&ctx(NOW), &kv, Event::SendSms(send_request("s3", " ")))
+                .unwrap();
+        assert_eq!(statuses(&effects.events)[0].1, DeliveryState::Failed);
+        assert!(effects.deliveries.is_empty());
+        // The same request twice is sent once.
+        assert!(send(&kv, &ctx(NOW), "s4").deliveries.len() == 1);
+        assert!(send(&kv, &ctx(NOW), "s4").deliveries.is_empty());
+    }
+
+    #[test]
+    fn a_failed_login_is_explained_and_not_hammered() {
+        let kv = Stores::memory();
+        let login = send(&kv, &ctx(NOW), "s1").deliveries.remove(0);
+        let outcome = respond(
+            &kv,
+            &login.idempotency_key,
+            r#"{"error":1,"message":"Login or password incorrect"}"#,
+        );
+        assert!(
+            matches!(outcome.verdict, Verdict::GiveUp(ref reason) if reason.contains("Login or password incorrect"))
+        );
+        let tick = |now| SmsGateway24::on_tick(&ctx(now), &kv).unwrap().deliveries;
+        assert!(tick(NOW + 30_000).is_empty());
+        let retry = tick(NOW + 60_000);
+        assert!(
+            retry
+                .iter()
+                .any(|d| d.idempotency_key.starts_with("gettoken/"))
+        );
+    }
+
+    #[test]
+    fn devices_feed_the_sim_inventory_and_pick_the_sending_device() {
+        let kv = Stores::memory();
+        with_token(&kv);
+        let no_device = ctx_with(NOW, &[]);
+        let effects = SmsGateway24::on_event(
+            &no_device,
+            &kv,
+            Event::SendSms(send_request("s1", "+49157")),
+        )
+        .unwrap();
+        assert!(effects.deliveries.is_empty(), "no device known yet");
+        let polls = SmsGateway24::on_tick(&no_device, &kv).unwrap().deliveries;
+        let devices = polls
+            .iter()
+            .find(|d| d.idempotency_key.starts_with("getalldevices/"))
+            .expect("devices are asked for");
+        let now = 1_587_661_341_000; // 2020-04-23 17:02:21 UTC, when device 1576 checked in
+        let outcome = respond_at(
+            &kv,
+            &ctx_with(now, &[]),
+            &devices.idempotency_key,
+            200,
+            GETALLDEVICES_SAMPLE,
+        );
+        let sims: Vec<_> = outcome
+            .effects
+            .events
+            .iter()
+            .map(|event| match event {
+                Event::SimStatusChanged(sim) => sim.clone(),
+                other => panic!("SIM statuses expected, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(sims.len(), 2);
+        let emulator = sims
+            .iter()
+            .find(|sim| sim.device.as_deref() == Some("1576"))
+            .unwrap();
+        assert_eq!(emulator.state, SimState::Registered);
+        assert_eq!(emulator.number.as_deref(), Some("+15555215554"));
+        assert_eq!(emulator.port.as_deref(), Some("0"));
+        let other = sims
+            .iter()
+            .find(|sim| sim.device.as_deref() == Some("1297"))
+            .unwrap();
+        assert_eq!(other.state, SimState::Unknown, "not seen for days");
+        let [add] = &outcome.effects.deliveries[..] else {
+            panic!("the waiting send goes out");
+        };
+        assert!(form(add).contains(&("device_id".into(), "1576".into())));
+
+        // An incoming SMS on that device gets the SIM's number as its recipient.
+        let (_, _, events) = webhook(
+            &kv,
+            KEY,
+            "address=%2B4917642111111&body=Code+5015&date=2020-04-23+17%3A05%3A00&sms_id=77&device_id=1576&channel_id=0",
+        );
+        let [Event::MessageReceived(message)] = &events[..] else {
+            panic!("a message expected");
+        };
+        assert_eq!(message.recipient, "+15555215554");
+        assert_eq!(message.sender, "+4917642111111");
+        assert_eq!(message.text, "Code 5015");
+        assert_eq!(message.id, "sg24-77");
+    }
+
+    #[test]
+    fn incoming_sms_by_webhook_and_by_polling_are_passed_on_once() {
+        let kv = Stores::memory();
+        let body = r#"{"address":"+4917642111111","body":"Hi","date":"2023-11-02 22:44:43","sms_id":62050999,"device_id":11231,"channel_id":1}"#;
+        let (status, reply, events) = webhook(&kv, KEY, body);
+        assert_eq!(
+            (status, reply),
+            (200, json!({ "error": 0, "message": "OK" }))
+        );
+        assert_eq!(events.len(), 1);
+        assert!(webhook(&kv, KEY, body).2.is_empty(), "re-sent");
+
+        with_token(&kv);
+        let polls = SmsGateway24::on_tick(&ctx(NOW), &kv).unwrap().deliveries;
+        let poll = polls
+            .iter()
+            .find(|d| d.idempotency_key.starts_with("getallsms/"))
+            .expect("incoming SMS are polled");
+        let fields = form(poll);
+        assert!(fields.contains(&("status".into(), "5".into())));
+        assert!(fields.iter().any(|(name, _)| name == "begindate"));
+        let mut listing: Value = serde_json::from_str(GETALLSMS_SAMPLE).unwrap();
+        listing["smss"]["62050999"] = json!({ "id": 62050999, "sendto": "+4917642111111", "body": "Hi",
+            "status": 5, "deviceid": 11231, "created": { "date": "2023-11-02 22:44:43.000000", "timezone": "UTC" } });
+        listing["smss"]["62051000"] = json!({ "id": 62051000, "sendto": "+4917642111112", "body": "New",
+            "status": 5, "deviceid": 11231, "created": { "date": "2023-11-02 22:50:00.000000", "timezone": "UTC" } });
+        let outcome = respond(&kv, &poll.idempotency_key, &listing.to_string());
+        let texts: Vec<_> = outcome
+            .effects
+            .events
+            .iter()
+            .map(|event| match event {
+                Event::MessageReceived(message) => message.text.clone(),
+                other => panic!("messages only, not {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            ["New"],
+            "sent SMS of the listing and the one seen before are not news"
+        );
+    }
+
+    #[test]
+    fn bad_webhooks_are_explained() {
+        let kv = Stores::memory();
+        let (status, reply, _) = webhook(&kv, "wrong", "{}");
+        assert_eq!((status, reply["message"].as_str()), (401, Some("Bad key")));
+        for (body, expected) in [
+            ("{\"address\":", "malformed JSON"),
+            ("[1]", "not an object"),
+            ("{}", "neither an incoming SMS"),
+            (r#"{"status_id":7}"#, "needs `sms_id`"),
+            (r#"{"sms_id":1,"status_id":"x"}"#, "not a status code"),
+        ] {
+            let (status, reply, events) = webhook(&kv, KEY, body);
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(reply["error"], 1);
+            assert!(
+                reply["message"].as_str().unwrap().contains(expected),
+                "{reply}"
+            );
+            assert!(events.is_empty());
+        }
+        // A status for an SMS sent some other way keeps the service's id.
+        let (_, _, events) = webhook(&kv, KEY, "sms_id=5&status_id=8&sendto=%2B491");
+        assert_eq!(
+            statuses(&events),
+            [(
+                "sg24-5".into(),
+                DeliveryState::Failed,
+                "8 not delivered".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let kv = Stores::memory();
+        let error = SmsGateway24::on_tick(&ctx_with(NOW, &[("utc_offset_minutes", "UTC+2")]), &kv)
+            .unwrap_err();
+        assert!(error.contains("utc_offset_minutes"), "{error}");
+        let error = SmsGateway24::on_tick(&CallContext::for_tests(&[]), &kv).unwrap_err();
+        assert!(error.contains("email"), "{error}");
+    }
+
+    #[test]
+    fn delivery_keys() {
+        assert_eq!(Request::parse("gettoken/1"), Some(Request::Token));
+        assert_eq!(
+            Request::parse("addsms/2/a/b"),
+            Some(Request::AddSms("a/b".into()))
+        );
+        assert_eq!(
+            Request::parse("addalotofsms/3"),
+            Some(Request::AddMany("3".into()))
+        );
+        assert_eq!(
+            Request::parse("getsmsstatus/1/x"),
+            Some(Request::Status("x".into()))
+        );
+        assert_eq!(
+            Request::parse("findsms/1/x"),
+            Some(Request::Find("x".into()))
+        );
+        assert_eq!(Request::parse("getallsms/1"), Some(Request::Incoming));
+        assert_eq!(Request::parse("getalldevices/1"), Some(Request::Devices));
+        assert_eq!(Request::parse("addsms/2"), None);
+        assert_eq!(Request::parse("other/1"), None);
+    }
+}
