@@ -6,7 +6,7 @@ use simrelay_sdk::time::parse_datetime;
 use simrelay_sdk::{MessageKind, OutgoingRequest, ReceivedMessage};
 
 /// Messages asked for per request; the API's maximum.
-pub(crate) const PAGE_SIZE: &str = "100";
+pub(crate) const PAGE_SIZE: usize = 100;
 /// Per-attempt timeout: GotSMS answers listings quickly; a hung poll should not hold the next.
 const TIMEOUT_MS: u32 = 15_000;
 
@@ -22,16 +22,17 @@ fn authorized(request: OutgoingRequest, token: &str) -> OutgoingRequest {
 /// `GET /api/messages/unread`, leaving them unread.
 pub(crate) fn unread(base_url: &str, token: &str) -> OutgoingRequest {
     let url = format!("{base_url}/api/messages/unread");
-    authorized(
-        OutgoingRequest::get(&url, &[("per_page", PAGE_SIZE)]),
-        token,
-    )
+    let query = [("per_page", PAGE_SIZE.to_string())];
+    authorized(OutgoingRequest::get(&url, &query), token)
 }
 
 /// `GET /api/messages/unread?mark_as_read=1`: returns the unread messages and marks them read.
 pub(crate) fn mark_read(base_url: &str, token: &str) -> OutgoingRequest {
     let url = format!("{base_url}/api/messages/unread");
-    let query = [("per_page", PAGE_SIZE), ("mark_as_read", "1")];
+    let query = [
+        ("per_page", PAGE_SIZE.to_string()),
+        ("mark_as_read", "1".into()),
+    ];
     authorized(OutgoingRequest::get(&url, &query), token)
 }
 
@@ -46,9 +47,9 @@ pub(crate) fn rent_messages(
         "{base_url}/api/numbers/{}/messages",
         simrelay_sdk::encoding::percent_encode(rent_id)
     );
-    let mut query = vec![("limit", PAGE_SIZE)];
+    let mut query = vec![("limit", PAGE_SIZE.to_string())];
     if let Some(before_id) = before_id {
-        query.push(("before_id", before_id));
+        query.push(("before_id", before_id.to_owned()));
     }
     authorized(OutgoingRequest::get(&url, &query), token)
 }

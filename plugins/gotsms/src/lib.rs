@@ -288,7 +288,7 @@ fn marked_read(
     listing: Listing,
 ) -> Result<Effects, String> {
     kv.delete(IN_FLIGHT)?;
-    let full_page = listing.messages.len() >= api::PAGE_SIZE.parse().unwrap_or(usize::MAX);
+    let full_page = listing.messages.len() >= api::PAGE_SIZE;
     if listing.more_pages || full_page {
         // More were waiting than one page holds: poll again at the next tick.
         write_ms(kv, UNREAD_DUE, now)?;

@@ -1092,6 +1092,25 @@ mod tests {
     }
 
     #[test]
+    fn getsmsstatus_documentation_sample_changes_nothing() {
+        // The document's sample answer for `getsmsstatus` carries no status at all.
+        let kv = Stores::memory();
+        with_token(&kv);
+        let add = send(&kv, &ctx(NOW), "s1").deliveries.remove(0);
+        respond(&kv, &add.idempotency_key, r#"{"error":0,"sms_id":1}"#);
+        let sample = r#"{"error":0,"message":"OK","token":"abbde3e31e9d026c02f4f49fc551111e"}"#;
+        let outcome = respond(&kv, "getsmsstatus/1/s1", sample);
+        assert!(matches!(outcome.verdict, Verdict::Delivered));
+        assert!(outcome.effects.events.is_empty());
+        assert_eq!(sends::stage_of(&*kv, "s1").as_deref(), Some("accepted"));
+        let sample = r#"{"error":1,"message":"Login or password incorrect"}"#;
+        let outcome = respond(&kv, "getsmsstatus/2/s1", sample);
+        assert!(
+            matches!(outcome.verdict, Verdict::GiveUp(ref reason) if reason.contains("incorrect"))
+        );
+    }
+
+    #[test]
     fn delivery_keys() {
         assert_eq!(Request::parse("gettoken/1"), Some(Request::Token));
         assert_eq!(
