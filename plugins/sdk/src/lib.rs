@@ -5,6 +5,12 @@
 //! the host's `wasi:keyvalue` buckets; in native unit tests they are [`MemoryStore`]s, so
 //! adapter logic is tested with plain `cargo test` and no wasm runtime.
 //!
+//! What several adapters need lives here rather than in copies: [`encoding`] (lenient base64,
+//! form and percent encoding), [`time`] (the date formats providers send), [`dedupe`]
+//! (mark-once de-duplication with expiry, fingerprints), [`lenient`] (loosely typed JSON
+//! fields), [`http`] (headers, request builders, `Retry-After` and `X-RateLimit-*`),
+//! [`secrets_match`], and, with the `testing` feature, property-test strategies in `testing`.
+//!
 //! ```
 //! use simrelay_sdk::{Adapter, CallContext, Capability, Descriptor, Effects, Event, SettingSpec, Stores};
 //!
