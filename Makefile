@@ -2,7 +2,7 @@
 # every test. Both need only rustup and cargo.
 
 CARGO ?= cargo
-PLUGINS := ejoin smsbower onlinesim
+PLUGINS := ejoin smsbower onlinesim smsgateway24 gotsms
 # Plugins that exist only for the tests.
 TEST_PLUGINS := misbehaving
 WASM_DIR := target/wasm32-wasip2/release

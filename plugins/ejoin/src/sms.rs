@@ -1,59 +1,95 @@
-//! `recv-sms` pushes: rows of `[flag, port, timestamp, sender, recipient, base64 text]`,
-//! optionally followed by ICCID and IMSI.
+//! `recv-sms` rows: `[flag, port, timestamp, sender, recipient, content]`, optionally followed
+//! by ICCID and IMSI. Flag 0 (or null) is an SMS whose content is base64 of UTF-8 text, flag 1
+//! a delivery report whose sender is the SMSC, whose recipient is the number the reported SMS
+//! went to, and whose content is plain `"code scts"`.
+//!
+//! Parsing only: what the rows mean for state (re-sends, long SMS, SIM numbers) is decided in
+//! the modules that own that state.
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use simrelay_sdk::{Event, MessageKind, ReceivedMessage};
+use simrelay_sdk::dedupe::fingerprint;
+use simrelay_sdk::encoding::base64_lenient;
+use simrelay_sdk::lenient;
+use simrelay_sdk::time::{parse_timestamp, unix_time_ms};
+use simrelay_sdk::{DeliveryState, DeliveryStatus, MessageKind, ReceivedMessage};
 
-use crate::{Push, fields, time};
-
-/// Standard base64 that tolerates the missing or partial padding some firmware sends.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
+use crate::sims::canonical_port;
 
 /// Header names firmware writes into the text; one of them must appear before a leading
 /// `Key: value` block is taken for headers rather than for the message itself.
 const KNOWN_HEADERS: [&str; 4] = ["Sender", "Receiver", "SMSC", "SCTS"];
 
-/// Each SMS row becomes its own message. Parts of a long SMS arrive as separate rows and are
-/// passed on as separate messages: nothing here reassembles them.
-pub(crate) fn parse_push(body: &Value) -> Result<Push, String> {
+/// One row of a push, as far as it could be read.
+#[derive(Debug, Clone)]
+pub(crate) enum Row {
+    Sms(SmsRow),
+    DeliveryReport(DeliveryStatus),
+}
+
+/// An SMS row: a whole short message, or one part of a long one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SmsRow {
+    /// Stable over re-sent pushes; see [`row_id`].
+    pub id: String,
+    pub device: Option<String>,
+    pub port: Option<String>,
+    pub received_at_ms: Option<u64>,
+    pub sender: String,
+    /// As the gateway sent it; empty when it did not say.
+    pub recipient: String,
+    pub text: String,
+    pub iccid: Option<String>,
+    pub imsi: Option<String>,
+}
+
+impl SmsRow {
+    pub(crate) fn into_message(self) -> ReceivedMessage {
+        ReceivedMessage {
+            id: self.id,
+            sender: self.sender,
+            recipient: self.recipient,
+            text: self.text,
+            kind: MessageKind::Sms,
+            received_at_ms: self.received_at_ms,
+            device: self.device,
+            port: self.port,
+            iccid: self.iccid,
+            imsi: self.imsi,
+            code: None,
+        }
+    }
+}
+
+/// The rows of a push, each read or explained, in order.
+pub(crate) fn parse_push(body: &Value) -> Result<Vec<Result<Row, String>>, String> {
     let rows = body
         .get("sms")
         .and_then(Value::as_array)
         .ok_or("recv-sms: `sms` is not a list")?;
-    let device = body.get("mac").and_then(fields::text);
-    let mut push = Push::default();
-    for (index, row) in rows.iter().enumerate() {
-        match parse_row(row, device.as_deref()) {
-            Ok(Some(message)) => push.events.push(Event::MessageReceived(message)),
-            Ok(None) => {}
-            Err(problem) => push.problems.push(format!("row {index}: {problem}")),
-        }
-    }
-    Ok(push)
+    let device = body.get("mac").and_then(lenient::text);
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| {
+            parse_row(row, device.as_deref()).map_err(|problem| format!("row {index}: {problem}"))
+        })
+        .collect())
 }
 
-/// The message a row carries, or `None` for a row that is handled by ignoring it.
-fn parse_row(row: &Value, device: Option<&str>) -> Result<Option<ReceivedMessage>, String> {
+fn parse_row(row: &Value, device: Option<&str>) -> Result<Row, String> {
     let cells = row
         .as_array()
         .filter(|cells| cells.len() >= 6)
         .ok_or("not a list of at least 6 fields")?;
+    let id = row_id(device, cells);
     match flag(&cells[0])? {
         0 => {}
-        // A delivery report for an SMS sent through the gateway; this plugin sends none yet.
-        1 => return Ok(None),
+        1 => return delivery_report(id, cells).map(Row::DeliveryReport),
         other => return Err(format!("unknown flag {other}")),
     }
     let encoded = cells[5].as_str().ok_or("text is not a string")?;
-    let decoded = decode_base64(encoded).ok_or("text is not valid base64")?;
+    let decoded = base64_lenient(encoded).ok_or("text is not valid base64")?;
     let decoded = String::from_utf8_lossy(&decoded);
     let (headers, text) = split_header_block(&decoded);
     let header = |name: &str| {
@@ -63,23 +99,44 @@ fn parse_row(row: &Value, device: Option<&str>) -> Result<Option<ReceivedMessage
             .map(|(_, value)| value.to_string())
             .filter(|value| !value.is_empty())
     };
-    Ok(Some(ReceivedMessage {
-        id: message_id(device, cells),
-        sender: fields::text(&cells[3])
+    Ok(Row::Sms(SmsRow {
+        id,
+        device: device.map(str::to_owned),
+        port: lenient::text(&cells[1]).map(|port| canonical_port(&port)),
+        received_at_ms: received_at_ms(&cells[2]),
+        sender: lenient::text(&cells[3])
             .or_else(|| header("Sender"))
             .unwrap_or_default(),
-        recipient: fields::text(&cells[4])
+        recipient: lenient::text(&cells[4])
             .or_else(|| header("Receiver"))
             .unwrap_or_default(),
         text: text.to_owned(),
-        kind: MessageKind::Sms,
-        received_at_ms: received_at_ms(&cells[2]),
-        device: device.map(str::to_owned),
-        port: fields::text(&cells[1]),
-        iccid: cells.get(6).and_then(fields::text),
-        imsi: cells.get(7).and_then(fields::text),
-        code: None,
+        iccid: cells.get(6).and_then(lenient::text),
+        imsi: cells.get(7).and_then(lenient::text),
     }))
+}
+
+/// `"code scts"`: the GSM TP-Status code of the report, then the service centre's time stamp.
+fn delivery_report(id: String, cells: &[Value]) -> Result<DeliveryStatus, String> {
+    let content = lenient::text(&cells[5]).ok_or("delivery report without content")?;
+    let code = lenient::leading_number(&Value::String(content.clone()))
+        .ok_or_else(|| format!("delivery report {content:?} does not start with a code"))?;
+    Ok(DeliveryStatus {
+        id,
+        state: report_state(code),
+        detail: Some(content),
+        recipient: lenient::text(&cells[4]),
+    })
+}
+
+/// GSM 03.40 TP-Status: 0–31 the transaction completed (0 received, 1 forwarded unconfirmed,
+/// 2 replaced), 32–63 the service centre is still trying, 64 and up it gave up.
+fn report_state(code: u64) -> DeliveryState {
+    match code {
+        0..=31 => DeliveryState::Delivered,
+        32..=63 => DeliveryState::Sent,
+        _ => DeliveryState::Failed,
+    }
 }
 
 /// Firmware sends the flag as a number, a string or null; null and empty mean a plain SMS.
@@ -92,14 +149,6 @@ fn flag(value: &Value) -> Result<u64, String> {
         _ => None,
     };
     flag.ok_or_else(|| format!("flag {value} is not a number"))
-}
-
-fn decode_base64(encoded: &str) -> Option<Vec<u8>> {
-    let compact: String = encoded
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    LENIENT_BASE64.decode(compact).ok()
 }
 
 /// Splits `Sender: …\r\nReceiver: …\r\n\r\n<text>` into headers and text; text without such
@@ -137,22 +186,20 @@ fn header_line(line: &str) -> Option<(&str, &str)> {
     is_key.then(|| (key, value.trim()))
 }
 
-/// Devices send Unix seconds, the provider's sample a date string; a timestamp that cannot be
-/// read is dropped rather than losing the message.
+/// Devices send Unix seconds, the provider's sample a date string (read as UTC: the gateway
+/// does not say its zone); a timestamp that cannot be read is dropped rather than the message.
 fn received_at_ms(value: &Value) -> Option<u64> {
     match value {
-        Value::Number(number) => number.as_u64()?.checked_mul(1000),
-        Value::String(text) => match text.trim().parse::<u64>() {
-            Ok(seconds) => seconds.checked_mul(1000),
-            Err(_) => time::parse_utc(text.trim()),
-        },
+        Value::Number(number) => unix_time_ms(number.as_u64()?),
+        Value::String(text) => parse_timestamp(text),
         _ => None,
     }
 }
 
 /// Stable for a re-sent push: a hash of the fields as the gateway sent them (the flag aside,
-/// which says nothing about which SMS this is).
-fn message_id(device: Option<&str>, cells: &[Value]) -> String {
+/// which says nothing about which SMS this is). Two identical SMS at different times differ
+/// in their timestamps.
+fn row_id(device: Option<&str>, cells: &[Value]) -> String {
     let fields = [
         device.unwrap_or_default().to_owned(),
         cells[1].to_string(),
@@ -161,54 +208,43 @@ fn message_id(device: Option<&str>, cells: &[Value]) -> String {
         cells[4].to_string(),
         cells[5].to_string(),
     ];
-    format!("ejoin-{:016x}", fnv1a(&fields))
-}
-
-/// 64-bit FNV-1a over the fields, each followed by 0xff, a byte UTF-8 never contains, so
-/// moving text from one field to the next changes the hash.
-fn fnv1a(fields: &[String]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    fields
-        .iter()
-        .flat_map(|field| field.bytes().chain([0xff]))
-        .fold(OFFSET_BASIS, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        })
+    format!("ejoin-{}", fingerprint(&fields))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+    use simrelay_sdk::encoding::base64_encode;
 
-    fn messages(body: Value) -> (Vec<ReceivedMessage>, Vec<String>) {
-        let push = parse_push(&body).expect("push parses");
-        let messages = push
-            .events
-            .into_iter()
-            .map(|event| match event {
-                Event::MessageReceived(message) => message,
-                _ => panic!("recv-sms emits only received messages"),
-            })
-            .collect();
-        (messages, push.problems)
+    pub(crate) fn b64(text: &str) -> String {
+        base64_encode(text)
     }
 
-    fn one_message(row: Value) -> ReceivedMessage {
-        let (mut messages, problems) = messages(json!({ "type": "recv-sms", "sms": [row] }));
+    fn rows(body: Value) -> (Vec<Row>, Vec<String>) {
+        let mut rows = Vec::new();
+        let mut problems = Vec::new();
+        for row in parse_push(&body).expect("push parses") {
+            match row {
+                Ok(row) => rows.push(row),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        (rows, problems)
+    }
+
+    fn one_sms(row: Value) -> SmsRow {
+        let (mut rows, problems) = rows(json!({ "type": "recv-sms", "sms": [row] }));
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(messages.len(), 1);
-        messages.remove(0)
-    }
-
-    fn b64(text: &str) -> String {
-        base64::engine::general_purpose::STANDARD.encode(text)
+        match rows.remove(0) {
+            Row::Sms(sms) => sms,
+            other => panic!("an SMS expected, not {other:?}"),
+        }
     }
 
     #[test]
-    fn provider_sample_row() {
-        let message = one_message(json!([
+    fn provider_sample_rows() {
+        let sms = one_sms(json!([
             null,
             null,
             "2023-10-27 10:00:00",
@@ -216,105 +252,153 @@ mod tests {
             "79001234567",
             "SGVsbG8gV29ybGQ="
         ]));
-        assert_eq!(message.text, "Hello World");
-        assert_eq!(message.sender, "BankInfo");
-        assert_eq!(message.recipient, "79001234567");
-        assert_eq!(message.kind, MessageKind::Sms);
-        assert_eq!(message.received_at_ms, Some(1_698_400_800_000));
-        assert_eq!(message.port, None);
-        assert_eq!(message.device, None);
-        assert_eq!((message.iccid, message.imsi), (None, None));
-        assert!(message.id.starts_with("ejoin-") && message.id.len() == 22);
+        assert_eq!(sms.text, "Hello World");
+        assert_eq!(sms.sender, "BankInfo");
+        assert_eq!(sms.recipient, "79001234567");
+        assert_eq!(sms.received_at_ms, Some(1_698_400_800_000));
+        assert_eq!((sms.port, sms.device), (None, None));
+        assert_eq!((sms.iccid, sms.imsi), (None, None));
+        assert!(sms.id.starts_with("ejoin-") && sms.id.len() == 22);
+
+        // "Error while handle sms": string flag and port.
+        let sms = one_sms(json!([
+            "0",
+            "1",
+            "2026-02-05 10:00:00",
+            "SenderID",
+            "79990000000",
+            "SGVsbG8gV29ybGQ="
+        ]));
+        assert_eq!(sms.text, "Hello World");
+        assert_eq!(sms.port.as_deref(), Some("1"));
+        assert_eq!(sms.received_at_ms, Some(1_770_285_600_000));
     }
 
     #[test]
     fn device_row_with_unix_time_port_and_sim_ids() {
-        let (messages, problems) = messages(json!({
+        let (rows, problems) = rows(json!({
             "type": "recv-sms",
             "mac": "00:1A:2B:3C:4D:5E",
             "sms": [[0, "12.sp256.101", 1_700_000_000, "+79001112233", "", "SGVsbG8",
                      "8970100000000000001", "250010000000001"]]
         }));
         assert!(problems.is_empty(), "{problems:?}");
-        let message = &messages[0];
-        assert_eq!(message.text, "Hello");
-        assert_eq!(message.received_at_ms, Some(1_700_000_000_000));
-        assert_eq!(message.port.as_deref(), Some("12.sp256.101"));
-        assert_eq!(message.device.as_deref(), Some("00:1A:2B:3C:4D:5E"));
-        assert_eq!(message.recipient, "");
-        assert_eq!(message.iccid.as_deref(), Some("8970100000000000001"));
-        assert_eq!(message.imsi.as_deref(), Some("250010000000001"));
+        let Row::Sms(sms) = &rows[0] else {
+            panic!("an SMS expected")
+        };
+        assert_eq!(sms.text, "Hello");
+        assert_eq!(sms.received_at_ms, Some(1_700_000_000_000));
+        assert_eq!(sms.port.as_deref(), Some("12.sp256.101"));
+        assert_eq!(sms.device.as_deref(), Some("00:1A:2B:3C:4D:5E"));
+        assert_eq!(sms.recipient, "");
+        assert_eq!(sms.iccid.as_deref(), Some("8970100000000000001"));
+        assert_eq!(sms.imsi.as_deref(), Some("250010000000001"));
     }
 
     #[test]
-    fn string_flag_and_numeric_string_timestamp() {
-        let message = one_message(json!(["0", "1B", "1700000000", "a", "b", b64("x")]));
-        assert_eq!(message.received_at_ms, Some(1_700_000_000_000));
-        assert_eq!(message.port.as_deref(), Some("1B"));
+    fn ports_in_every_form() {
+        for (port, canonical) in [
+            (json!("1.01"), "1.01"),
+            (json!("1B"), "1.02"),
+            (json!("12.sp256.101"), "12.sp256.101"),
+            (json!(3), "3"),
+            (json!(null), ""),
+        ] {
+            let sms = one_sms(json!([0, port, 1, "s", "r", b64("x")]));
+            assert_eq!(sms.port.unwrap_or_default(), canonical);
+        }
     }
 
     #[test]
-    fn unreadable_timestamp_keeps_the_message() {
-        let message = one_message(json!([0, "1.01", "yesterday", "a", "b", b64("code 1234")]));
-        assert_eq!(message.received_at_ms, None);
-        assert_eq!(message.text, "code 1234");
+    fn string_flag_and_timestamps_in_every_unit() {
+        let sms = one_sms(json!(["0", "1B", "1700000000", "a", "b", b64("x")]));
+        assert_eq!(sms.received_at_ms, Some(1_700_000_000_000));
+        let sms = one_sms(json!(["", "1B", 1_700_000_000_123_u64, "a", "b", b64("x")]));
+        assert_eq!(sms.received_at_ms, Some(1_700_000_000_123));
+        let sms = one_sms(json!([0, "1.01", "yesterday", "a", "b", b64("code 1234")]));
+        assert_eq!(sms.received_at_ms, None, "an unreadable time keeps the SMS");
+        assert_eq!(sms.text, "code 1234");
     }
 
     #[test]
-    fn header_block_fills_missing_sender_and_recipient() {
-        let text = "Sender: +79005556677\r\nReceiver: 79001234567\r\nSMSC: +79168999100\r\n\
-                    SCTS: 23/10/27,10:00:00+12\r\n\r\nYour code: 4321\r\n\r\nBye";
-        let message = one_message(json!([0, "1.01", 1_700_000_000, "", null, b64(text)]));
-        assert_eq!(message.sender, "+79005556677");
-        assert_eq!(message.recipient, "79001234567");
-        assert_eq!(message.text, "Your code: 4321\r\n\r\nBye");
+    fn header_block_is_split_off() {
+        let decoded = "Sender: +79001112233\r\nReceiver: +79990001122\r\nSMSC: +79168999100\r\n\
+                       SCTS: 231027100000\r\n\r\nYour code: 5015\r\n\r\nDo not share it";
+        let sms = one_sms(json!([0, "1.01", 1, "", "", b64(decoded)]));
+        assert_eq!(sms.text, "Your code: 5015\r\n\r\nDo not share it");
+        assert_eq!(sms.sender, "+79001112233", "taken from the header block");
+        assert_eq!(sms.recipient, "+79990001122");
+        // The row's own sender and recipient win over the header block's.
+        let sms = one_sms(json!([0, "1.01", 1, "Bank", "7999", b64(decoded)]));
+        assert_eq!(
+            (sms.sender.as_str(), sms.recipient.as_str()),
+            ("Bank", "7999")
+        );
+        let sms = one_sms(json!([0, "1", 1, "s", "r", b64("Sender: x\n\nhi")]));
+        assert_eq!(sms.text, "hi");
     }
 
     #[test]
-    fn row_fields_win_over_header_block() {
-        let text = "Sender: header-sender\nReceiver: 700\n\ntext";
-        let message = one_message(json!([0, "1.01", 1, "row-sender", "800", b64(text)]));
-        assert_eq!(message.sender, "row-sender");
-        assert_eq!(message.recipient, "800");
-        assert_eq!(message.text, "text");
-    }
-
-    #[test]
-    fn text_that_only_looks_like_headers_is_kept_whole() {
+    fn text_without_a_header_block_is_kept_whole() {
         for text in [
             "Code: 1234\n\nDo not share it",
             "Hello\n\nWorld",
             "\r\n\r\nlate",
         ] {
-            let message = one_message(json!([0, "1", 1, "s", "r", b64(text)]));
-            assert_eq!(message.text, text);
+            assert_eq!(one_sms(json!([0, "1", 1, "s", "r", b64(text)])).text, text);
         }
     }
 
     #[test]
     fn base64_is_read_leniently() {
-        let message = one_message(json!([0, "1", 1, "s", "r", "SGVs\r\nbG8gV29y bGQ"]));
-        assert_eq!(message.text, "Hello World");
-        let message = one_message(json!([0, "1", 1, "s", "r", b64("Привет")]));
-        assert_eq!(message.text, "Привет");
-        let message = one_message(json!([0, "1", 1, "s", "r", "/w=="]));
-        assert_eq!(message.text, "\u{fffd}");
+        let sms = one_sms(json!([0, "1", 1, "s", "r", "SGVs\r\nbG8gV29y bGQ"]));
+        assert_eq!(sms.text, "Hello World");
+        let sms = one_sms(json!([0, "1", 1, "s", "r", b64("Привет")]));
+        assert_eq!(sms.text, "Привет");
+        let sms = one_sms(json!([0, "1", 1, "s", "r", "/w=="]));
+        assert_eq!(sms.text, "\u{fffd}");
     }
 
     #[test]
-    fn delivery_reports_are_handled_without_messages() {
-        let (messages, problems) = messages(json!({
+    fn delivery_reports_are_statuses() {
+        let (rows, problems) = rows(json!({
             "type": "recv-sms",
-            "sms": [[1, "1.01", 1_700_000_000, "", "79001234567", "0 231027100000"],
-                    ["1", "1.02", 1_700_000_000, "", "79001234567", "0 231027100000"]]
+            "sms": [[1, "1.01", 1_700_000_000, "+79168999100", "79001234567", "0 231027100000"],
+                    ["1", "1.02", 1_700_000_000, "", "79001234568", "70 231027100000"],
+                    [1, "1.03", 1_700_000_000, "", "79001234569", "32"],
+                    [1, "1.03", 1_700_000_000, "", "79001234569", "delivered"]]
         }));
-        assert!(messages.is_empty());
-        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            problems,
+            ["row 3: delivery report \"delivered\" does not start with a code"]
+        );
+        let states: Vec<_> = rows
+            .iter()
+            .map(|row| match row {
+                Row::DeliveryReport(status) => {
+                    (status.state, status.recipient.clone().unwrap_or_default())
+                }
+                Row::Sms(_) => panic!("reports are not messages"),
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (DeliveryState::Delivered, "79001234567".to_owned()),
+                (DeliveryState::Failed, "79001234568".to_owned()),
+                (DeliveryState::Sent, "79001234569".to_owned()),
+            ]
+        );
+        let Row::DeliveryReport(first) = &rows[0] else {
+            unreachable!()
+        };
+        assert_eq!(first.detail.as_deref(), Some("0 231027100000"));
+        assert!(first.id.starts_with("ejoin-"));
     }
 
     #[test]
-    fn bad_rows_are_explained_and_good_rows_kept() {
-        let (messages, problems) = messages(json!({
+    fn bad_rows_are_explained() {
+        let (rows, problems) = rows(json!({
             "type": "recv-sms",
             "sms": [
                 [0, "1", 1, "s", "r", "not base64!"],
@@ -324,10 +408,10 @@ mod tests {
                 [7, "1", 1, "s", "r", b64("x")],
                 ["x", "1", 1, "s", "r", b64("x")],
                 [0, "1", 1, "s", "r", 5],
+                [1, "1", 1, "s", "r", null],
             ]
         }));
-        assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].text, "fine");
+        assert_eq!(rows.len(), 1);
         assert_eq!(
             problems,
             [
@@ -337,6 +421,7 @@ mod tests {
                 "row 4: unknown flag 7",
                 "row 5: flag \"x\" is not a number",
                 "row 6: text is not a string",
+                "row 7: delivery report without content",
             ]
         );
     }
@@ -354,20 +439,14 @@ mod tests {
     #[test]
     fn id_is_stable_and_distinguishes_messages() {
         let row = json!([0, "1.01", 1_700_000_000, "s", "r", b64("code 1")]);
-        let id = one_message(row.clone()).id;
-        assert_eq!(one_message(row).id, id);
+        let id = one_sms(row.clone()).id;
+        assert_eq!(one_sms(row).id, id);
         let other_text = json!([0, "1.01", 1_700_000_000, "s", "r", b64("code 2")]);
         let other_port = json!([0, "1.02", 1_700_000_000, "s", "r", b64("code 1")]);
+        let other_time = json!([0, "1.01", 1_700_000_060, "s", "r", b64("code 1")]);
         let shifted = json!([0, "1.01", 1_700_000_000, "sr", "", b64("code 1")]);
-        for row in [other_text, other_port, shifted] {
-            assert_ne!(one_message(row).id, id);
+        for row in [other_text, other_port, other_time, shifted] {
+            assert_ne!(one_sms(row).id, id);
         }
-    }
-
-    #[test]
-    fn fnv1a_matches_reference_values() {
-        // Reference: FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; here each field ends in 0xff.
-        let hash_of_a = (0xaf63_dc4c_8601_ec8c_u64 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
-        assert_eq!(fnv1a(&["a".into()]), hash_of_a);
     }
 }

@@ -5,6 +5,12 @@
 //! the host's `wasi:keyvalue` buckets; in native unit tests they are [`MemoryStore`]s, so
 //! adapter logic is tested with plain `cargo test` and no wasm runtime.
 //!
+//! What several adapters need lives here rather than in copies: [`encoding`] (lenient base64,
+//! form and percent encoding), [`time`] (the date formats providers send), [`dedupe`]
+//! (mark-once de-duplication with expiry, fingerprints), [`lenient`] (loosely typed JSON
+//! fields), [`http`] (headers, request builders, `Retry-After` and `X-RateLimit-*`),
+//! [`secrets_match`], and, with the `testing` feature, property-test strategies in `testing`.
+//!
 //! ```
 //! use simrelay_sdk::{Adapter, CallContext, Capability, Descriptor, Effects, Event, SettingSpec, Stores};
 //!
@@ -43,9 +49,19 @@
 //! assert_eq!(kv.increment("messages", 0).unwrap(), 1);
 //! ```
 
+pub mod dedupe;
+pub mod encoding;
+pub mod http;
+pub mod lenient;
 pub mod phone;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod time;
 
+pub use dedupe::MarkOnce;
+/// The SDK's JSON library, so adapters and the SDK's [`lenient`] readers agree on one version.
+pub use serde_json;
 pub use store::{KeyValue, MemoryStore, Stores, WasiStore};
 
 #[doc(hidden)]
@@ -126,6 +142,17 @@ impl CallContext {
         self.setting(name)
             .filter(|value| !value.is_empty())
             .ok_or_else(|| format!("setting `{name}` is not configured"))
+    }
+
+    /// A whole-number setting, `default` when absent or empty. The error names the setting
+    /// and what it holds, so operators see which line of their configuration to fix.
+    pub fn number_setting(&self, name: &str, default: u64) -> Result<u64, String> {
+        match self.setting(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some(value) => value
+                .parse()
+                .map_err(|_| format!("setting `{name}` must be a whole number, not `{value}`")),
+        }
     }
 
     /// A context for native unit tests.
@@ -335,6 +362,18 @@ macro_rules! export_adapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_settings_default_and_explain_bad_values() {
+        let ctx = CallContext::for_tests(&[("a", " 30 "), ("b", ""), ("c", "soon")]);
+        assert_eq!(ctx.number_setting("a", 1), Ok(30));
+        assert_eq!(ctx.number_setting("b", 1), Ok(1));
+        assert_eq!(ctx.number_setting("missing", 1), Ok(1));
+        assert_eq!(
+            ctx.number_setting("c", 1),
+            Err("setting `c` must be a whole number, not `soon`".into())
+        );
+    }
 
     #[test]
     fn secrets_match_only_when_equal() {

@@ -1,0 +1,231 @@
+//! Mark-once de-duplication with expiry: "have I already handled this id?" for gateways that
+//! re-send pushes and pollers that see the same item twice, without state growing forever.
+//!
+//! Keys under a prefix `p`:
+//! - `p/<id>` → the time the id was marked, decimal milliseconds;
+//! - `p@/<marked at, 20 digits>/<id>` → empty, an index by time so that expired marks are
+//!   found by listing keys, without reading every value;
+//! - `p@next` → when the next sweep is due, decimal milliseconds.
+//!
+//! A mark is live for `window_ms` after it was set. An expired mark that no sweep has deleted
+//! yet counts as absent. [`MarkOnce::sweep`] does bounded work per call, so it fits in a tick.
+
+use crate::KeyValue;
+
+/// A stable 64-bit fingerprint of some fields, as 16 hex digits, for ids of things a provider
+/// sends without one. FNV-1a over the fields, each followed by 0xff, a byte UTF-8 never
+/// contains, so moving text from one field to the next changes the fingerprint.
+pub fn fingerprint<S: AsRef<str>>(fields: &[S]) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = fields
+        .iter()
+        .flat_map(|field| field.as_ref().bytes().chain([0xff]))
+        .fold(OFFSET_BASIS, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+    format!("{hash:016x}")
+}
+
+/// How long a sweep that found nothing more to delete waits before listing keys again.
+const SWEEP_PAUSE_MS: u64 = 60_000;
+
+pub struct MarkOnce<'a> {
+    kv: &'a dyn KeyValue,
+    prefix: &'a str,
+    window_ms: u64,
+}
+
+impl<'a> MarkOnce<'a> {
+    /// Marks under `prefix` (e.g. `"seen"`) that stay live for `window_ms`.
+    pub fn new(kv: &'a dyn KeyValue, prefix: &'a str, window_ms: u64) -> Self {
+        MarkOnce {
+            kv,
+            prefix,
+            window_ms,
+        }
+    }
+
+    fn mark_key(&self, id: &str) -> String {
+        format!("{}/{id}", self.prefix)
+    }
+
+    fn index_prefix(&self) -> String {
+        format!("{}@/", self.prefix)
+    }
+
+    fn index_key(&self, marked_at_ms: u64, id: &str) -> String {
+        format!("{}{marked_at_ms:020}/{id}", self.index_prefix())
+    }
+
+    fn next_sweep_key(&self) -> String {
+        format!("{}@next", self.prefix)
+    }
+
+    /// When `id` was marked, if its mark is still live at `now_ms`.
+    pub fn marked_at(&self, id: &str, now_ms: u64) -> Result<Option<u64>, String> {
+        let marked_at = self
+            .kv
+            .get(&self.mark_key(id))?
+            .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok());
+        Ok(marked_at.filter(|at| at.saturating_add(self.window_ms) > now_ms))
+    }
+
+    pub fn is_marked(&self, id: &str, now_ms: u64) -> Result<bool, String> {
+        Ok(self.marked_at(id, now_ms)?.is_some())
+    }
+
+    /// Marks `id` at `now_ms`, live or not before.
+    pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
+        self.kv
+            .set(&self.mark_key(id), now_ms.to_string().as_bytes())?;
+        self.kv.set(&self.index_key(now_ms, id), b"")
+    }
+
+    /// `true` the first time `id` is seen within the window, and marks it; `false` while an
+    /// earlier mark is live.
+    pub fn first_time(&self, id: &str, now_ms: u64) -> Result<bool, String> {
+        if self.is_marked(id, now_ms)? {
+            return Ok(false);
+        }
+        self.mark(id, now_ms)?;
+        Ok(true)
+    }
+
+    /// Deletes at most `limit` expired marks and returns how many. Lists the index only when
+    /// a sweep is due: right after a sweep that hit `limit`, else a minute after the last.
+    pub fn sweep(&self, now_ms: u64, limit: usize) -> Result<usize, String> {
+        let due = self
+            .kv
+            .get(&self.next_sweep_key())?
+            .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok())
+            .is_none_or(|due| due <= now_ms);
+        if !due {
+            return Ok(0);
+        }
+        let index_prefix = self.index_prefix();
+        let mut index = self.kv.keys(&index_prefix)?;
+        // Stores list keys in no promised order; the zero-padded time sorts oldest first.
+        index.sort_unstable();
+        let mut deleted = 0;
+        for key in &index {
+            if deleted == limit {
+                break;
+            }
+            let Some((marked_at, id)) = key[index_prefix.len()..].split_once('/') else {
+                self.kv.delete(key)?;
+                continue;
+            };
+            let Ok(marked_at) = marked_at.parse::<u64>() else {
+                self.kv.delete(key)?;
+                continue;
+            };
+            if marked_at.saturating_add(self.window_ms) > now_ms {
+                break;
+            }
+            self.kv.delete(key)?;
+            // A newer mark of the same id has its own index entry; leave it alone.
+            let mark_key = self.mark_key(id);
+            if self.kv.get(&mark_key)?.as_deref() == Some(marked_at.to_string().as_bytes()) {
+                self.kv.delete(&mark_key)?;
+            }
+            deleted += 1;
+        }
+        let next = if deleted == limit {
+            now_ms
+        } else {
+            now_ms.saturating_add(SWEEP_PAUSE_MS)
+        };
+        self.kv
+            .set(&self.next_sweep_key(), next.to_string().as_bytes())?;
+        Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use proptest::prelude::*;
+
+    const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn fingerprint_matches_fnv1a_reference_values() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; here each field ends in 0xff.
+        let hash_of_a = (0xaf63_dc4c_8601_ec8c_u64 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+        assert_eq!(fingerprint(&["a"]), format!("{hash_of_a:016x}"));
+        assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
+        assert_eq!(fingerprint::<&str>(&[]), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn marks_once_within_the_window() {
+        let kv = MemoryStore::default();
+        let seen = MarkOnce::new(&kv, "seen", HOUR);
+        assert!(seen.first_time("a", 1_000).unwrap());
+        assert!(!seen.first_time("a", 1_000 + HOUR - 1).unwrap());
+        assert!(seen.first_time("b", 2_000).unwrap());
+        // Expired but not swept: counts as new, and is marked again.
+        assert!(seen.first_time("a", 1_000 + HOUR).unwrap());
+        assert_eq!(
+            seen.marked_at("a", 1_000 + HOUR).unwrap(),
+            Some(1_000 + HOUR)
+        );
+    }
+
+    #[test]
+    fn sweep_deletes_only_expired_marks_and_is_bounded() {
+        let kv = MemoryStore::default();
+        let seen = MarkOnce::new(&kv, "seen", HOUR);
+        for n in 0..5 {
+            seen.mark(&format!("old{n}"), n).unwrap();
+        }
+        seen.mark("fresh", HOUR).unwrap();
+        // A re-marked id keeps its new mark when its old index entry is swept.
+        seen.mark("old0", HOUR + 1).unwrap();
+
+        assert_eq!(seen.sweep(HOUR + 10, 3).unwrap(), 3);
+        // Hit the limit: due again at once.
+        assert_eq!(seen.sweep(HOUR + 10, 3).unwrap(), 2);
+        // Found less than the limit: paused for a minute.
+        assert_eq!(seen.sweep(HOUR + 20, 3).unwrap(), 0);
+        assert!(seen.is_marked("old0", HOUR + 10).unwrap());
+        assert!(seen.is_marked("fresh", HOUR + 10).unwrap());
+        for n in 1..5 {
+            assert!(kv.get(&format!("seen/old{n}")).unwrap().is_none());
+        }
+        let mut keys = kv.keys("seen").unwrap();
+        keys.retain(|key| key != "seen@next");
+        assert_eq!(keys.len(), 4, "{keys:?}");
+
+        assert_eq!(seen.sweep(3 * HOUR, 10).unwrap(), 2);
+        assert_eq!(kv.keys("seen").unwrap(), ["seen@next"]);
+    }
+
+    #[test]
+    fn other_prefixes_are_untouched() {
+        let kv = MemoryStore::default();
+        kv.set("seen-other/x", b"1").unwrap();
+        let seen = MarkOnce::new(&kv, "seen", 1);
+        seen.mark("x", 0).unwrap();
+        seen.sweep(10, 10).unwrap();
+        assert!(kv.exists("seen-other/x").unwrap());
+        assert!(!kv.exists("seen/x").unwrap());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_ids_and_times(ids in proptest::collection::vec(".{0,12}", 0..8),
+                                   times in proptest::collection::vec(any::<u64>(), 1..8),
+                                   window in any::<u64>()) {
+            let kv = MemoryStore::default();
+            let seen = MarkOnce::new(&kv, "p", window);
+            for (id, now) in ids.iter().zip(times.iter().cycle()) {
+                let first = seen.first_time(id, *now).unwrap();
+                prop_assert!(!first || seen.is_marked(id, *now).unwrap() || window == 0);
+                seen.sweep(*now, 3).unwrap();
+            }
+        }
+    }
+}
