@@ -3,16 +3,17 @@
 //!
 //! The binary and plugins come from `make build` (`make test` builds them first).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde_json::Value;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::{Value, json};
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -33,12 +34,17 @@ fn built(path: PathBuf) -> PathBuf {
     path
 }
 
-/// The release build of a default plugin, e.g. `ejoin`.
+/// The release build of a plugin, e.g. `ejoin`.
 pub fn plugin_path(name: &str) -> PathBuf {
     built(target_dir().join(format!("wasm32-wasip2/release/simrelay_{name}.wasm")))
 }
 
-fn free_port() -> u16 {
+/// The release build of the `simrelay` binary.
+pub fn simrelay_binary() -> PathBuf {
+    built(target_dir().join("release/simrelay"))
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -56,23 +62,29 @@ impl Host {
     /// Starts the host with `config` (TOML) in `dir`, which also holds its data directory,
     /// and waits until it accepts connections.
     pub async fn start(dir: &Path, config: &str) -> Host {
-        Self::try_start(dir, config)
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    /// Like [`Host::start`], with extra environment variables.
+    pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Host {
+        Self::try_start(dir, config, env)
             .await
             .unwrap_or_else(|log| panic!("simrelay did not start:\n{log}"))
     }
 
     /// Like [`Host::start`], but a host that exits instead returns its log.
-    pub async fn try_start(dir: &Path, config: &str) -> Result<Host, String> {
+    pub async fn try_start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Host, String> {
         let config_path = dir.join("simrelay.toml");
         std::fs::write(&config_path, config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join(format!("simrelay-{}.log", addr.port()));
-        let child = Command::new(built(target_dir().join("release/simrelay")))
+        let child = Command::new(simrelay_binary())
             .args(["serve", "--config"])
             .arg(&config_path)
             .args(["--listen", &addr.to_string(), "--data-dir"])
             .arg(dir.join("data"))
             .env("SIMRELAY_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -93,6 +105,15 @@ impl Host {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process has ended.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// Everything the host logged so far.
@@ -118,11 +139,16 @@ impl Drop for Host {
 /// One request a mock provider received, and whether it answered success.
 #[derive(Clone, Debug)]
 pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// A JSON body as it came, a form body (or a query string) as an object of strings.
     pub body: Value,
+    pub headers: BTreeMap<String, String>,
     pub accepted: bool,
 }
 
-type Answer = dyn Fn(usize, &Value) -> (StatusCode, Value) + Send + Sync;
+/// `answer(index of the request, the request)` gives the status and JSON reply.
+type Answer = dyn Fn(usize, &Received) -> (StatusCode, Value) + Send + Sync;
 
 #[derive(Clone)]
 struct MockState {
@@ -130,46 +156,59 @@ struct MockState {
     answer: Arc<Answer>,
 }
 
-/// A mock SmsBower: records every `PUSH_SMS` at `/agent/api/sms` and answers with
-/// `answer(index of the request, its JSON body)`.
-pub struct MockSmsBower {
+/// A mock provider on 127.0.0.1: records every request on any path and answers with the
+/// given function.
+pub struct MockProvider {
     pub base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
-impl MockSmsBower {
+impl MockProvider {
     pub async fn start(
-        answer: impl Fn(usize, &Value) -> (StatusCode, Value) + Send + Sync + 'static,
+        answer: impl Fn(usize, &Received) -> (StatusCode, Value) + Send + Sync + 'static,
     ) -> Self {
         let state = MockState {
             received: Arc::default(),
             answer: Arc::new(answer),
         };
         let received = state.received.clone();
-        let app = axum::Router::new()
-            .route("/agent/api/sms", axum::routing::post(push_sms))
-            .with_state(state);
+        let app = axum::Router::new().fallback(record).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        MockSmsBower { base_url, received }
+        MockProvider { base_url, received }
     }
 
-    /// Accepts every push.
+    /// A marketplace that accepts every push, says every activation is still waiting and
+    /// reports no statistics.
     pub async fn accepting() -> Self {
-        Self::start(|_, _| (StatusCode::OK, success())).await
+        Self::start(|_, request| marketplace_answer(request)).await
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
+    /// The bodies of the pushes (requests to `path`) it received.
+    pub fn requests_to(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|received| received.path == path)
+            .collect()
+    }
+
+    /// The bodies of the SMS pushes it accepted.
     pub fn accepted(&self) -> Vec<Value> {
         self.received()
             .into_iter()
-            .filter(|received| received.accepted)
+            .filter(|received| received.accepted && received.path.ends_with("sms"))
             .map(|received| received.body)
             .collect()
+    }
+
+    /// The SmsBower SMS pushes it received, accepted or not.
+    pub fn pushes(&self) -> Vec<Received> {
+        self.requests_to(SMSBOWER_PUSH_PATH)
     }
 
     /// Waits until `done` holds for what was received, or panics after `timeout`.
@@ -178,52 +217,118 @@ impl MockSmsBower {
         while !done(&self.received()) {
             assert!(
                 Instant::now() < deadline,
-                "mock SmsBower did not get what was expected in {timeout:?}; got {:#?}",
+                "mock provider did not get what was expected in {timeout:?}; got {:#?}",
                 self.received()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+
+    /// Waits until `count` SmsBower pushes arrived.
+    pub async fn wait_for_pushes(&self, timeout: Duration, count: usize) {
+        self.wait_for(timeout, |received| {
+            received
+                .iter()
+                .filter(|r| r.path == SMSBOWER_PUSH_PATH)
+                .count()
+                >= count
+        })
+        .await;
+    }
+}
+
+/// Where SmsBower takes `PUSH_SMS`.
+pub const SMSBOWER_PUSH_PATH: &str = "/agent/api/sms";
+
+/// A cooperative marketplace's answer: SUCCESS to pushes, "waiting" to status queries.
+pub fn marketplace_answer(request: &Received) -> (StatusCode, Value) {
+    if request.path.ends_with("getStatus") {
+        return (StatusCode::OK, json!({ "status": 0 }));
+    }
+    if request.path.contains("statistic") {
+        return (StatusCode::OK, json!({ "status": "SUCCESS", "data": [] }));
+    }
+    (StatusCode::OK, success())
 }
 
 pub fn success() -> Value {
-    serde_json::json!({ "status": "SUCCESS" })
+    json!({ "status": "SUCCESS" })
 }
 
-async fn push_sms(
+async fn record(
     State(state): State<MockState>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<Value>) {
+    let form = |text: &str| {
+        Value::Object(
+            form_urlencoded::parse(text.as_bytes())
+                .map(|(key, value)| (key.into_owned(), Value::String(value.into_owned())))
+                .collect(),
+        )
+    };
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(json) => json,
+        Err(_) if body.is_empty() => form(uri.query().unwrap_or_default()),
+        Err(_) => form(&String::from_utf8_lossy(&body)),
+    };
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     let mut received = state.received.lock().unwrap();
-    let (status, reply) = (state.answer)(received.len(), &body);
-    received.push(Received {
+    let mut request = Received {
+        method: method.to_string(),
+        path: uri.path().to_string(),
         body,
-        accepted: status == StatusCode::OK && reply == success(),
-    });
-    (status, Json(reply))
+        headers,
+        accepted: false,
+    };
+    let (status, reply) = (state.answer)(received.len(), &request);
+    request.accepted = status == StatusCode::OK && reply == success();
+    received.push(request);
+    (status, axum::Json(reply))
 }
 
 pub const EJOIN_KEY: &str = "ejoin-secret-4f9a";
 pub const SMSBOWER_KEY: &str = "bower-secret-77c1";
+pub const ONLINESIM_KEY: &str = "onlinesim-secret-2b8e";
 
-/// The example configuration's wiring (ejoin → smsbower), pointed at a mock SmsBower.
+/// The example configuration's wiring (ejoin → smsbower, one shared inventory), pointed at
+/// a mock SmsBower.
 pub fn ejoin_to_smsbower_config(smsbower_base_url: &str, retry_interval_secs: u32) -> String {
     format!(
         r#"
 [instances.ejoin]
 plugin = "{ejoin}"
 forward_to = ["smsbower"]
+tick_interval_secs = 1
 settings = {{ api_key = "{EJOIN_KEY}" }}
 
 [instances.smsbower]
 plugin = "{smsbower}"
 allow_hosts = ["{smsbower_base_url}"]
-settings = {{ api_key = "{SMSBOWER_KEY}", base_url = "{smsbower_base_url}", retry_interval_secs = "{retry_interval_secs}" }}
+stores = {{ inventory = "farm" }}
+tick_interval_secs = 60
+retry = {{ schedule = "fixed", interval_secs = 1, jitter = 0.0 }}
+settings = {{ api_key = "{SMSBOWER_KEY}", base_url = "{smsbower_base_url}", retry_interval_secs = "{retry_interval_secs}", services = ["tg", "wa"] }}
 
 [[routes]]
 path = "/api/{{key}}/webhook"
 method = "POST"
 instance = "ejoin"
+
+[[routes]]
+path = "/smsbower"
+method = "POST"
+instance = "smsbower"
 "#,
         ejoin = plugin_path("ejoin").display(),
         smsbower = plugin_path("smsbower").display(),
@@ -236,10 +341,21 @@ pub const RECV_SMS_SAMPLE: &str = r#"{
     "sms": [[null, null, "2023-10-27 10:00:00", "BankInfo", "79001234567", "SGVsbG8gV29ybGQ="]]
 }"#;
 
+/// The number the samples' SMS arrive on, and its SIM.
+pub const SAMPLE_NUMBER: &str = "79001234567";
+pub const SAMPLE_ICCID: &str = "8970100000000000001";
+/// An MTS Russia IMSI (MCC 250, MNC 01).
+pub const SAMPLE_IMSI: &str = "250010000000001";
+
 /// Posts a webhook body to the Ejoin route and returns the status and the JSON reply.
 pub async fn post_ejoin(host: &Host, key: &str, body: &str) -> (u16, Value) {
+    post_json(host, &format!("/api/{key}/webhook"), body).await
+}
+
+/// Posts `body` to `path` and returns the status and the JSON reply.
+pub async fn post_json(host: &Host, path: &str, body: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
-        .post(host.url(&format!("/api/{key}/webhook")))
+        .post(host.url(path))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -249,4 +365,52 @@ pub async fn post_ejoin(host: &Host, key: &str, body: &str) -> (u16, Value) {
     let text = response.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text}"));
     (status, json)
+}
+
+/// A gateway's `dev-status` push for SIMs given as (port, number, iccid, imsi, registered).
+pub fn dev_status(mac: &str, sims: &[(&str, &str, &str, &str, bool)]) -> String {
+    let status: Vec<Value> = sims
+        .iter()
+        .map(|(port, number, iccid, imsi, registered)| {
+            json!({
+                "port": port, "sn": number, "iccid": iccid, "imsi": imsi,
+                "st": if *registered { "3 registered" } else { "0 no sim" },
+                "active": 1, "slot_active": 1, "opr": "MTS", "sig": 25,
+            })
+        })
+        .collect();
+    json!({ "type": "dev-status", "mac": mac, "status": status }).to_string()
+}
+
+/// Asks a marketplace route for a number, as the marketplace would.
+pub async fn get_number(host: &Host, route: &str, key: &str, service: &str) -> Value {
+    let request = json!({
+        "action": "GET_NUMBER", "key": key, "country": "russia", "operator": "any",
+        "service": service, "sum": "20.00",
+    });
+    post_json(host, route, &request.to_string()).await.1
+}
+
+/// Registers the samples' SIM at the gateway and opens an activation for it on SmsBower,
+/// waiting until the inventory has it (status events are handled asynchronously).
+pub async fn open_sample_activation(host: &Host) -> Value {
+    let status = dev_status(
+        "00:1A:2B:3C:4D:5E",
+        &[("1.01", SAMPLE_NUMBER, SAMPLE_ICCID, SAMPLE_IMSI, true)],
+    );
+    let (code, reply) = post_ejoin(host, EJOIN_KEY, &status).await;
+    assert_eq!(code, 200, "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = get_number(host, "/smsbower", SMSBOWER_KEY, "tg").await;
+        if answer["status"] == "SUCCESS" {
+            assert_eq!(answer["number"], SAMPLE_NUMBER, "{answer}");
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SIM never became available: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

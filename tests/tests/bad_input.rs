@@ -8,8 +8,9 @@ use simrelay_e2e::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let smsbower = MockSmsBower::accepting().await;
+    let smsbower = MockProvider::accepting().await;
     let host = Host::start(dir.path(), &ejoin_to_smsbower_config(&smsbower.base_url, 1)).await;
+    open_sample_activation(&host).await;
 
     // Accepted first, so the errors below have something to lose.
     let (status, _) = post_ejoin(&host, EJOIN_KEY, RECV_SMS_SAMPLE).await;
@@ -37,8 +38,8 @@ async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
 
     // One row with broken base64 beside a good one: the good one still goes through.
     let mixed = r#"{"type": "recv-sms", "sms": [
-        [0, "1.01", 1700000000, "Bank", "79000000001", "%%%not base64%%%"],
-        [0, "1.02", 1700000001, "Shop", "79000000002", "U2Vjb25k"]
+        [0, "1.01", 1700000000, "Bank", "79001234567", "%%%not base64%%%"],
+        [0, "1.01", 1700000001, "Shop", "79001234567", "U2Vjb25k"]
     ]}"#;
     let (status, reply) = post_ejoin(&host, EJOIN_KEY, mixed).await;
     assert_eq!(status, 200);
@@ -61,9 +62,7 @@ async fn bad_webhooks_get_clear_errors_and_lose_nothing() {
     );
 
     // Both good messages arrive; the broken row and the rejected webhooks add nothing.
-    smsbower
-        .wait_for(Duration::from_secs(10), |received| received.len() >= 2)
-        .await;
+    smsbower.wait_for_pushes(Duration::from_secs(10), 2).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut texts: Vec<String> = smsbower
         .accepted()
@@ -80,7 +79,7 @@ async fn a_broken_plugin_file_stops_start_up_with_a_clear_message() {
     let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"this is not wasm").unwrap();
     let config = format!("[instances.broken]\nplugin = \"{}\"\n", broken.display());
-    let log = Host::try_start(dir.path(), &config)
+    let log = Host::try_start(dir.path(), &config, &[])
         .await
         .err()
         .expect("the host must refuse to start");
@@ -98,7 +97,7 @@ async fn a_config_naming_an_unset_variable_names_it() {
         "[instances.ejoin]\nplugin = \"{}\"\nsettings = {{ api_key = \"${{SIMRELAY_TEST_UNSET_VARIABLE}}\" }}\n",
         plugin_path("ejoin").display()
     );
-    let log = Host::try_start(dir.path(), &config)
+    let log = Host::try_start(dir.path(), &config, &[])
         .await
         .err()
         .expect("the host must refuse to start");

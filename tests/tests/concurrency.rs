@@ -29,15 +29,14 @@ async fn post_all(host: &Host, bodies: &[String]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_webhooks_are_each_pushed_once_with_their_own_sms_id() {
     let dir = tempfile::tempdir().unwrap();
-    let smsbower = MockSmsBower::accepting().await;
+    let smsbower = MockProvider::accepting().await;
     let host = Host::start(dir.path(), &ejoin_to_smsbower_config(&smsbower.base_url, 1)).await;
+    open_sample_activation(&host).await;
 
     let distinct: Vec<String> = (0..MESSAGES).map(sms).collect();
     post_all(&host, &distinct).await;
     smsbower
-        .wait_for(Duration::from_secs(30), |received| {
-            received.len() >= MESSAGES
-        })
+        .wait_for_pushes(Duration::from_secs(30), MESSAGES)
         .await;
     // The gateway re-sends everything at once: nothing new may be pushed.
     post_all(&host, &distinct).await;
@@ -45,14 +44,10 @@ async fn concurrent_webhooks_are_each_pushed_once_with_their_own_sms_id() {
     // before they are durable, so only the first produces an event.
     let burst = vec![sms(MESSAGES); 30];
     post_all(&host, &burst).await;
-    smsbower
-        .wait_for(Duration::from_secs(30), |received| {
-            received.len() > MESSAGES
-        })
-        .await;
+    smsbower.wait_for_pushes(Duration::from_secs(30), ALL).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let pushes = smsbower.received();
+    let pushes = smsbower.pushes();
     assert_eq!(pushes.len(), ALL, "each SMS pushed exactly once");
     let texts: BTreeSet<&str> = pushes
         .iter()
@@ -62,7 +57,7 @@ async fn concurrent_webhooks_are_each_pushed_once_with_their_own_sms_id() {
     assert_eq!(texts, expected.iter().map(String::as_str).collect());
     let sms_ids: BTreeSet<i64> = pushes
         .iter()
-        .map(|p| p.body["smsId"].as_i64().unwrap())
+        .map(|p| p.body["smsId"].as_str().unwrap().parse::<i64>().unwrap())
         .collect();
     assert_eq!(sms_ids.len(), ALL, "every SMS has its own smsId");
     let logs = host.kill();

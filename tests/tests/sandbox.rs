@@ -20,7 +20,7 @@ async fn misbehave(host: &Host, how: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_misbehaving_plugin_fails_only_its_own_call() {
     let dir = tempfile::tempdir().unwrap();
-    let smsbower = MockSmsBower::accepting().await;
+    let smsbower = MockProvider::accepting().await;
     let config = ejoin_to_smsbower_config(&smsbower.base_url, 1)
         + &format!(
             r#"
@@ -36,6 +36,7 @@ instance = "misbehaving"
             plugin_path("misbehaving").display()
         );
     let host = Host::start(dir.path(), &config).await;
+    open_sample_activation(&host).await;
 
     let (status, reply) = misbehave(&host, "trap").await;
     assert_eq!(status, 500);
@@ -80,9 +81,7 @@ instance = "misbehaving"
     );
     let (status, _) = post_ejoin(&host, EJOIN_KEY, RECV_SMS_SAMPLE).await;
     assert_eq!(status, 200);
-    smsbower
-        .wait_for(Duration::from_secs(10), |received| received.len() == 1)
-        .await;
+    smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
     assert_eq!(smsbower.accepted()[0]["text"], "Hello World");
 
     let logs = host.kill();
@@ -99,7 +98,7 @@ instance = "misbehaving"
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     let dir = tempfile::tempdir().unwrap();
-    let smsbower = MockSmsBower::accepting().await;
+    let smsbower = MockProvider::accepting().await;
     let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
         r#"forward_to = ["smsbower"]"#,
         r#"forward_to = ["smsbower", "misbehaving"]"#,
@@ -108,15 +107,14 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
         plugin_path("misbehaving").display()
     );
     let host = Host::start(dir.path(), &config).await;
+    open_sample_activation(&host).await;
 
     // "trap" in base64: the misbehaving instance panics on this message's event.
     let trap =
         r#"{"type":"recv-sms","sms":[[0,"1.01",1700000000,"Bank","79001234567","dHJhcA=="]]}"#;
     let (status, _) = post_ejoin(&host, EJOIN_KEY, trap).await;
     assert_eq!(status, 200, "the gateway's webhook is accepted");
-    smsbower
-        .wait_for(Duration::from_secs(10), |received| received.len() == 1)
-        .await;
+    smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
     assert_eq!(
         smsbower.accepted()[0]["text"],
         "trap",
@@ -132,5 +130,5 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     let host = Host::start(dir.path(), &config).await;
     let logs = host.kill();
     assert!(logs.contains("queued_events=1"), "{logs}");
-    assert_eq!(smsbower.received().len(), 1, "nothing pushed twice");
+    assert_eq!(smsbower.pushes().len(), 1, "nothing pushed twice");
 }
