@@ -96,6 +96,10 @@ fn settings_as_text<'de, D: Deserializer<'de>>(
 pub struct Limits {
     pub timeout_ms: u64,
     pub memory_mb: usize,
+    /// Calls one wasm instance serves (each under its own deadline and with the instance's
+    /// memory under the cap) before a fresh one replaces it; 1 gives every call a fresh
+    /// instance. An instance that fails a call is always replaced.
+    pub calls_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -103,6 +107,7 @@ impl Default for Limits {
         Limits {
             timeout_ms: 1_000,
             memory_mb: 64,
+            calls_per_instance: 1_000,
         }
     }
 }
