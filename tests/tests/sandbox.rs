@@ -132,3 +132,79 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     assert!(logs.contains("queued_events=1"), "{logs}");
     assert_eq!(smsbower.pushes().len(), 1, "nothing pushed twice");
 }
+
+/// Posts `body` to a misbehaving instance's route and returns the reply's `message`.
+async fn ask(host: &Host, instance: &str, how: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(host.url(&format!("/{instance}/{how}")))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("simrelay did not answer");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json::<Value>().await.unwrap()["message"].clone(),
+    )
+}
+
+/// Wasm instances serve many calls, so a global in linear memory outlives a call. It
+/// stays with the one configured instance that wrote it: another instance of the same
+/// plugin never sees it, and a trap throws the instance, and the global, away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_global_stays_in_its_own_instance_and_dies_with_a_trap() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = plugin_path("misbehaving");
+    let config = format!(
+        r#"
+[instances.alice]
+plugin = "{plugin}"
+
+[instances.bob]
+plugin = "{plugin}"
+
+[[routes]]
+path = "/alice/{{how}}"
+instance = "alice"
+
+[[routes]]
+path = "/bob/{{how}}"
+instance = "bob"
+"#,
+        plugin = plugin.display()
+    );
+    let host = Host::start(dir.path(), &config).await;
+
+    assert_eq!(
+        ask(&host, "alice", "remember", "alice's secret").await.0,
+        200
+    );
+    assert_eq!(
+        ask(&host, "alice", "recall", "").await,
+        (200, json!("alice's secret")),
+        "the instance was reused: the global is there for its next call"
+    );
+    assert_eq!(
+        ask(&host, "bob", "recall", "").await,
+        (200, json!("")),
+        "another instance of the same plugin sees nothing of it"
+    );
+    assert_eq!(ask(&host, "bob", "remember", "bob's secret").await.0, 200);
+    assert_eq!(
+        ask(&host, "alice", "recall", "").await,
+        (200, json!("alice's secret")),
+        "nor does it reach the first"
+    );
+
+    assert_eq!(ask(&host, "alice", "trap", "").await.0, 500);
+    assert_eq!(
+        ask(&host, "alice", "recall", "").await,
+        (200, json!("")),
+        "the instance that trapped is gone, with its memory"
+    );
+    assert_eq!(
+        ask(&host, "bob", "recall", "").await,
+        (200, json!("bob's secret")),
+        "bob's instance lost nothing"
+    );
+}
