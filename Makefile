@@ -34,8 +34,13 @@ run: build
 test: build test-plugins
 	$(CARGO) test --release --workspace
 
-bench: build
-	$(CARGO) bench -p simrelay --bench adapter_call
+# Seconds per load run and rounds of each server; see BENCHMARKS.md.
+BENCH_SECONDS ?= 10
+BENCH_ROUNDS ?= 2
+
+# Measures everything BENCHMARKS.md reports, in one run, and writes it there.
+bench:
+	host/benches/bench.sh $(BENCH_SECONDS) $(BENCH_ROUNDS)
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# `make bench`: every figure of BENCHMARKS.md's latest run, measured in one run on
+# 127.0.0.1, then written into BENCHMARKS.md (between its `make bench` markers):
+#   1. one Ejoin `recv-sms` call through the host's wasm sandbox against the same logic
+#      called natively (criterion, host/benches/adapter_call.rs);
+#   2. webhooks acknowledged per second by `simrelay serve` (Ejoin → SmsBower, a durable
+#      commit before every reply) against `wasmtime serve` answering a hello-world
+#      `wasi:http` component (host/benches/hello), both under the same wrk settings;
+#   3. SMS pushed end to end (accepted by a mock marketplace) per second during that run,
+#      the backlog when wrk stops, and how long it takes to drain;
+#   4. webhook-to-push latency, p50 and p99, at a steady half of the peak rate;
+#   5. resident memory: idle with the default plugins (examples/simrelay.toml), and after
+#      the load.
+# The two servers run alternately, `rounds` times each, and every round is reported.
+# Usage: host/benches/bench.sh [seconds per run, default 10] [rounds, default 2]
+# Needs: cargo, python3, curl; installs wrk (Debian) and wasmtime-cli (crates.io, into
+# target/wasmtime-cli) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds=${1:-10}
+rounds=${2:-2}
+out=target/bench
+mkdir -p "$out"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+log() { echo "bench: $*" >&2; }
+
+# --- tools and builds -------------------------------------------------------------------
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+wasmtime=$PWD/target/wasmtime-cli/bin/wasmtime
+if [ ! -x "$wasmtime" ]; then
+  log "installing wasmtime-cli 48.0.8 (wasmtime serve) into target/wasmtime-cli"
+  cargo install wasmtime-cli --version 48.0.8 --locked --root target/wasmtime-cli \
+    --target-dir target/wasmtime-cli/build --no-default-features \
+    --features serve,run,cranelift,pooling-allocator,parallel-compilation
+fi
+make --no-print-directory build test-plugins >&2
+cargo build --release --target wasm32-wasip2 --manifest-path host/benches/hello/Cargo.toml \
+  --target-dir target/bench-hello >&2
+hello=$PWD/target/bench-hello/wasm32-wasip2/release/simrelay_bench_hello.wasm
+chain=$(cargo bench -p simrelay --bench chain --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "chain" and m.get("executable"):
+        print(m["executable"])')
+simrelay=$PWD/target/release/simrelay
+wasm=$PWD/target/wasm32-wasip2/release
+
+# --- 1. one call: native vs wasm --------------------------------------------------------
+log "criterion: one Ejoin call, native and through the sandbox"
+cargo bench -p simrelay --bench adapter_call -- --warm-up-time 2 --measurement-time 5 \
+  2>&1 | tee "$out/adapter_call.txt" >&2
+
+# --- helpers ----------------------------------------------------------------------------
+wait_http() { # url
+  for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+  log "nothing answers at $1"; return 1
+}
+rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+wrk_run() { # name, wrk arguments...: writes $out/wrk-NAME.txt
+  local name=$1; shift
+  wrk -t1 -c16 -d"${seconds}s" --latency "$@" > "$out/wrk-$name.txt"
+  cat "$out/wrk-$name.txt" >&2
+}
+mock_stats() { curl -s "http://127.0.0.1:$mock_port/stats"; }
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+
+hello_port=18311
+host_port=18312
+mock_port=18313
+idle_port=18314
+
+"$chain" mock "127.0.0.1:$mock_port" &
+pids+=($!)
+wait_http "http://127.0.0.1:$mock_port/stats"
+
+# --- 5a. idle memory with the default plugins -------------------------------------------
+EJOIN_API_KEY=idle SMSBOWER_API_KEY=idle SMSBOWER_BASE_URL="http://127.0.0.1:$mock_port" \
+  ONLINESIM_API_KEY=idle ONLINESIM_PUSH_URL="http://127.0.0.1:$mock_port/push" SIMRELAY_LOG=warn \
+  "$simrelay" serve --config examples/simrelay.toml --listen "127.0.0.1:$idle_port" \
+  --data-dir "$work/idle" &
+idle_pid=$!
+pids+=($idle_pid)
+wait_http "http://127.0.0.1:$idle_port/"
+sleep 3
+idle_rss=$(rss_mb $idle_pid)
+kill $idle_pid; wait $idle_pid 2>/dev/null || true
+log "idle RSS with the default plugins: $idle_rss MB"
+
+# --- the chain under test ---------------------------------------------------------------
+key=load
+cat > "$work/simrelay.toml" <<TOML
+[instances.ejoin]
+plugin = "$wasm/simrelay_ejoin.wasm"
+forward_to = ["smsbower"]
+tick_interval_secs = 5
+settings = { api_key = "$key" }
+
+[instances.smsbower]
+plugin = "$wasm/simrelay_smsbower.wasm"
+allow_hosts = ["127.0.0.1:$mock_port"]
+stores = { inventory = "farm" }
+retry = { schedule = "fixed", interval_secs = 1, jitter = 0.0 }
+settings = { api_key = "$key", base_url = "http://127.0.0.1:$mock_port", retry_interval_secs = "1", services = ["tg"] }
+
+[[routes]]
+path = "/api/{key}/webhook"
+method = "POST"
+instance = "ejoin"
+
+[[routes]]
+path = "/smsbower"
+method = "POST"
+instance = "smsbower"
+TOML
+
+start_simrelay() { # data dir
+  SIMRELAY_LOG=warn "$simrelay" serve --config "$work/simrelay.toml" \
+    --listen "127.0.0.1:$host_port" --data-dir "$1" &
+  host_pid=$!
+  pids+=($host_pid)
+  wait_http "http://127.0.0.1:$host_port/"
+  # SmsBower pushes only SMS on a number it sold: register the SIM, open an activation.
+  curl -sf -X POST "http://127.0.0.1:$host_port/api/$key/webhook" -H 'content-type: application/json' \
+    -d '{"type":"dev-status","mac":"00:1A:2B:3C:4D:5E","status":[{"port":"1.01","sn":"79001234567","iccid":"8970100000000000001","imsi":"250010000000001","st":"3 registered","active":1,"slot_active":1,"opr":"MTS","sig":25}]}' >/dev/null
+  for _ in $(seq 100); do
+    if curl -s -X POST "http://127.0.0.1:$host_port/smsbower" -H 'content-type: application/json' \
+      -d "{\"action\":\"GET_NUMBER\",\"key\":\"$key\",\"country\":\"russia\",\"operator\":\"any\",\"service\":\"tg\",\"sum\":\"20.00\"}" |
+      grep -q SUCCESS; then return 0; fi
+    sleep 0.1
+  done
+  log "no activation could be opened"; return 1
+}
+
+wait_pushes() { # count: waits (up to 120 s) until the mock has that many; prints seconds waited
+  local began=$SECONDS
+  for _ in $(seq 1200); do
+    [ "$(mock_stats | json_field pushes)" -ge "$1" ] && break
+    sleep 0.1
+  done
+  echo $((SECONDS - began))
+}
+
+results=$out/rounds.jsonl
+: > "$results"
+for round in $(seq "$rounds"); do
+  log "round $round: wasmtime serve, hello world"
+  "$wasmtime" serve --addr "127.0.0.1:$hello_port" "$hello" 2>/dev/null &
+  hello_pid=$!
+  pids+=($hello_pid)
+  wait_http "http://127.0.0.1:$hello_port/"
+  wrk_run "hello-$round" "http://127.0.0.1:$hello_port/"
+  kill $hello_pid; wait $hello_pid 2>/dev/null || true
+
+  log "round $round: simrelay, Ejoin recv-sms to SmsBower PUSH_SMS"
+  start_simrelay "$work/data-$round"
+  idle_load_rss=$(rss_mb $host_pid)
+  curl -s -X POST "http://127.0.0.1:$mock_port/reset" >/dev/null
+  wrk_run "simrelay-$round" -s host/benches/load/unique-sms.lua \
+    "http://127.0.0.1:$host_port/api/$key/webhook"
+  at_end=$(mock_stats)
+  acked=$(awk '/requests in/ { print $1 }' "$out/wrk-simrelay-$round.txt")
+  drain=$(wait_pushes "$acked")
+  drained=$(mock_stats)
+  loaded_rss=$(rss_mb $host_pid)
+
+  peak=$(awk '/Requests\/sec/ { print int($2) }' "$out/wrk-simrelay-$round.txt")
+  half=$((peak / 2))
+  log "round $round: steady $half webhooks/s (half of $peak) for $seconds s"
+  sleep 2
+  curl -s -X POST "http://127.0.0.1:$mock_port/reset" >/dev/null
+  driven=$("$chain" drive "http://127.0.0.1:$host_port/api/$key/webhook" "$half" "$seconds")
+  sent=$(echo "$driven" | json_field acknowledged)
+  wait_pushes "$sent" >/dev/null
+  latency=$(mock_stats)
+  kill $host_pid; wait $host_pid 2>/dev/null || true
+
+  python3 - "$round" "$out" "$seconds" "$acked" "$drain" "$idle_load_rss" "$loaded_rss" \
+    "$at_end" "$drained" "$driven" "$latency" >> "$results" <<'PY'
+import json, re, sys
+round_, out, seconds, acked, drain, idle_rss, loaded_rss, at_end, drained, driven, latency = sys.argv[1:]
+def wrk(name):
+    text = open(f"{out}/wrk-{name}-{round_}.txt").read()
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
+    return rate, int(bad.group(1)) if bad else 0, lat
+hello, hello_bad, hello_lat = wrk("hello")
+acks, acks_bad, acks_lat = wrk("simrelay")
+at_end, drained, driven, latency = map(json.loads, (at_end, drained, driven, latency))
+print(json.dumps({
+    "round": int(round_), "seconds": int(seconds),
+    "hello_rps": hello, "hello_non2xx": hello_bad, "hello_latency": hello_lat,
+    "acked_rps": acks, "acked": int(acked), "acked_non2xx": acks_bad, "acked_latency": acks_lat,
+    "pushed_in_window": at_end["pushes"], "backlog_at_end": int(acked) - at_end["pushes"],
+    "drain_seconds": int(drain), "pushed_total": drained["pushes"],
+    "push_span_s": (drained["last_us"] - drained["first_us"]) / 1e6,
+    "idle_rss_mb": float(idle_rss), "loaded_rss_mb": float(loaded_rss),
+    "steady": driven, "push_latency": latency,
+}))
+PY
+done
+
+# --- report -----------------------------------------------------------------------------
+python3 - "$out" "$idle_rss" "$seconds" "$rounds" <<'PY'
+import datetime, json, platform, re, subprocess, sys
+out, idle_rss, seconds, rounds = sys.argv[1:]
+text = open(f"{out}/adapter_call.txt").read()
+def median(name):
+    m = re.search(re.escape(name) + r"\s*\n?\s*time:\s+\[\S+ \S+ (\S+) (\S+)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
+native = median("recv-sms sample/native")
+reused = median("recv-sms sample/wasm, instance reused (the host's default)")
+fresh = median("recv-sms sample/wasm, fresh instance per call")
+rows = [json.loads(line) for line in open(f"{out}/rounds.jsonl")]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 2**20
+rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def span(values, fmt="{:,.0f}"):
+    values = sorted(values)
+    return fmt.format(values[0]) if len(values) == 1 or values[0] == values[-1] else \
+        (fmt.format(values[0]) + " – " + fmt.format(values[-1]))
+def ms(us): return f"{us / 1000:.2f}"
+lines = [
+    f"Run {now} on {platform.node()}: {cpu}, {__import__('os').cpu_count()} cores, "
+    f"{mem:.0f} GiB, Linux {platform.release()}, {rustc}; commit {commit}{' (with local changes)' if dirty else ''}.",
+    f"Command: `make bench` (= `host/benches/bench.sh {seconds} {rounds}`). wrk and the servers "
+    "share the same cores; every wrk run is `wrk -t1 -c16 -d{}s` on 127.0.0.1.".format(seconds),
+    "",
+    "| one Ejoin `recv-sms` call (criterion median) | time | ratio to native |",
+    "|---|---|---|",
+    f"| native adapter logic (reference) | {native:.2f} µs | 1.0× |",
+    f"| wasm, instance reused (the host's default) | {reused:.2f} µs | {reused / native:.1f}× |",
+    f"| wasm, fresh instance per call | {fresh:.2f} µs | {fresh / native:.1f}× |",
+    "",
+    "| round | `wasmtime serve` hello world (reference) | simrelay webhooks acknowledged | ratio | SMS pushed during the run | backlog at the end | drained in |",
+    "|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    pushed_rate = r["pushed_in_window"] / r["seconds"]
+    lines.append(
+        f"| {r['round']} | {r['hello_rps']:,.0f}/s | {r['acked_rps']:,.0f}/s"
+        f"{' (' + str(r['acked_non2xx']) + ' not 2xx)' if r['acked_non2xx'] else ''} | "
+        f"{r['acked_rps'] / r['hello_rps']:.2f}× | {pushed_rate:,.0f}/s ({pushed_rate / r['hello_rps']:.2f}×) | "
+        f"{r['backlog_at_end']:,} | {r['drain_seconds']} s |")
+lines += [
+    "",
+    "| round | steady load (half of that round's peak) | acknowledged | ack p50 / p99 | webhook → push p50 | p99 | max |",
+    "|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    s, l = r["steady"], r["push_latency"]
+    rate = s["sent"] / r["seconds"]
+    lines.append(
+        f"| {r['round']} | {rate:,.0f}/s | {s['acknowledged']:,} of {s['sent']:,} | "
+        f"{ms(s['ack_p50_us'])} / {ms(s['ack_p99_us'])} ms | {ms(l['p50_us'])} ms | {ms(l['p99_us'])} ms | {ms(l['max_us'])} ms |")
+lines += [
+    "",
+    f"Resident memory: idle with the default plugins (`examples/simrelay.toml`, three "
+    f"instances) {float(idle_rss):.1f} MB; the load configuration after start-up "
+    f"{span([r['idle_rss_mb'] for r in rows], '{:.1f}')} MB and after the load "
+    f"{span([r['loaded_rss_mb'] for r in rows], '{:.1f}')} MB.",
+]
+report = "\n".join(lines) + "\n"
+open(f"{out}/report.md", "w").write(report)
+path = "BENCHMARKS.md"
+doc = open(path).read()
+begin, end = "<!-- make bench: begin -->\n", "<!-- make bench: end -->\n"
+if begin in doc and end in doc:
+    doc = doc[: doc.index(begin) + len(begin)] + report + doc[doc.index(end):]
+else:
+    doc += "\n" + begin + report + end
+open(path, "w").write(doc)
+print(report)
+PY

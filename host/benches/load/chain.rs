@@ -1,0 +1,216 @@
+//! Tools for the end-to-end load test (`host/benches/bench.sh`), not a criterion bench:
+//!
+//! - `chain mock ADDR`: a marketplace that accepts every `PUSH_SMS` with SUCCESS. It counts
+//!   the pushes, and when an SMS text reads `t=<unix µs>` (as the driver sends them), the
+//!   time from that instant to the push. `GET /stats` answers the count and latencies so
+//!   far as JSON; `POST /reset` starts again.
+//! - `chain drive URL RATE SECONDS`: posts Ejoin `recv-sms` webhooks to URL at a steady
+//!   RATE per second (open loop: a slow answer does not slow the sender), each a new SMS
+//!   whose text is its send time, and prints how many were acknowledged and how fast.
+//!
+//! Run through cargo: `cargo bench -p simrelay --bench chain -- mock 127.0.0.1:9000`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_micros() as u64)
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(values: &[u64], q: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+#[derive(Default)]
+struct Pushes {
+    count: u64,
+    first_us: u64,
+    last_us: u64,
+    latencies_us: Vec<u64>,
+}
+
+impl Pushes {
+    fn stats(&mut self) -> Value {
+        self.latencies_us.sort_unstable();
+        json!({
+            "pushes": self.count,
+            "first_us": self.first_us,
+            "last_us": self.last_us,
+            "timed": self.latencies_us.len(),
+            "p50_us": quantile(&self.latencies_us, 0.50),
+            "p99_us": quantile(&self.latencies_us, 0.99),
+            "max_us": self.latencies_us.last().copied().unwrap_or(0),
+        })
+    }
+}
+
+async fn answer(
+    pushes: Arc<Mutex<Pushes>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_string();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
+    let reply = match path.as_str() {
+        "/stats" => pushes.lock().unwrap().stats(),
+        "/reset" => {
+            *pushes.lock().unwrap() = Pushes::default();
+            json!({ "status": "SUCCESS" })
+        }
+        path if path.ends_with("/agent/api/sms") => {
+            let now = now_us();
+            let sent = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|push| {
+                    push["text"]
+                        .as_str()?
+                        .strip_prefix("t=")?
+                        .parse::<u64>()
+                        .ok()
+                });
+            let mut pushes = pushes.lock().unwrap();
+            pushes.count += 1;
+            if pushes.first_us == 0 {
+                pushes.first_us = now;
+            }
+            pushes.last_us = now;
+            if let Some(sent) = sent {
+                pushes.latencies_us.push(now.saturating_sub(sent));
+            }
+            json!({ "status": "SUCCESS" })
+        }
+        path if path.ends_with("getStatus") => json!({ "status": 0 }),
+        _ => json!({ "status": "SUCCESS", "data": [] }),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(response)
+}
+
+async fn mock(addr: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let pushes = Arc::new(Mutex::new(Pushes::default()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let pushes = pushes.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| answer(pushes.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn drive(url: String, rate: u64, seconds: u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let total = rate * seconds;
+    let acks = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let failed = Arc::new(Mutex::new(0u64));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        // Sleep until this request's slot; never send in bursts to catch up more than that.
+        let due = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let sent = now_us();
+        let text = base64::engine::general_purpose::STANDARD.encode(format!("t={sent}"));
+        let body = format!(
+            r#"{{"type":"recv-sms","sms":[[0,"1.01",{},"BankInfo","79001234567","{text}"]]}}"#,
+            1_800_000_000 + n
+        );
+        let (client, url, acks, failed) =
+            (client.clone(), url.clone(), acks.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let begun = Instant::now();
+            match client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(response) if response.status().is_success() => {
+                    let _ = response.bytes().await;
+                    acks.lock()
+                        .unwrap()
+                        .push(begun.elapsed().as_micros() as u64);
+                }
+                _ => *failed.lock().unwrap() += 1,
+            }
+        }));
+    }
+    let sending = start.elapsed();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut acks = acks.lock().unwrap();
+    acks.sort_unstable();
+    let report = json!({
+        "sent": total,
+        "acknowledged": acks.len(),
+        "failed": *failed.lock().unwrap(),
+        "send_seconds": sending.as_secs_f64(),
+        "ack_p50_us": quantile(&acks, 0.50),
+        "ack_p99_us": quantile(&acks, 0.99),
+    });
+    println!("{report}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["mock", addr] => runtime.block_on(mock(addr.parse().expect("mock ADDR"))),
+        ["drive", url, rate, seconds] => runtime.block_on(drive(
+            url.to_string(),
+            rate.parse().expect("RATE"),
+            seconds.parse().expect("SECONDS"),
+        )),
+        _ => {
+            eprintln!("usage: chain mock ADDR | chain drive URL RATE SECONDS");
+            std::process::exit(2);
+        }
+    }
+}
