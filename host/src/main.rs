@@ -89,7 +89,7 @@ fn serve(
         .or_else(|| config.host.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("data"));
 
-    let loaded = Relay::load(&config)?;
+    let loaded = Relay::load(&config, &data_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(listen)

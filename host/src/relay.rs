@@ -137,10 +137,10 @@ pub struct Loaded {
 }
 
 impl Relay {
-    /// Loads every configured instance. Any plugin that fails to load stops start-up with
-    /// a message naming it.
-    pub fn load(config: &Config) -> Result<Loaded> {
-        let runtime = Runtime::new()?;
+    /// Loads every configured instance, compiled plugins cached in `data_dir/compiled/`.
+    /// Any plugin that fails to load stops start-up with a message naming it.
+    pub fn load(config: &Config, data_dir: &std::path::Path) -> Result<Loaded> {
+        let runtime = Runtime::with_cache(data_dir)?;
         let mut labels: BTreeMap<String, Arc<StoreState>> = BTreeMap::new();
         let mut instances = BTreeMap::new();
         for (name, instance) in &config.instances {
