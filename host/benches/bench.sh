@@ -39,7 +39,7 @@ if [ ! -x "$wasmtime" ]; then
   log "installing wasmtime-cli 48.0.8 (wasmtime serve) into target/wasmtime-cli"
   cargo install wasmtime-cli --version 48.0.8 --locked --root target/wasmtime-cli \
     --target-dir target/wasmtime-cli/build --no-default-features \
-    --features serve,run,cranelift,pooling-allocator,parallel-compilation
+    --features serve,run,component-model-async,cranelift,pooling-allocator,parallel-compilation
 fi
 make --no-print-directory build test-plugins >&2
 cargo build --release --target wasm32-wasip2 --manifest-path host/benches/hello/Cargo.toml \
