@@ -236,7 +236,8 @@ def span(values, fmt="{:,.0f}"):
 def ms(us): return f"{us / 1000:.2f}"
 lines = [
     f"Run {now} on {platform.node()}: {cpu}, {__import__('os').cpu_count()} cores, "
-    f"{mem:.0f} GiB, Linux {platform.release()}, {rustc}; commit {commit}{' (with local changes)' if dirty else ''}.",
+    f"{mem:.0f} GiB, Linux {platform.release()}, {rustc}; commit {commit}{' (with local changes)' if dirty else ''}; "
+    f"load average {__import__('os').getloadavg()[1]:.1f} over the last 5 minutes (other work on the machine shows here).",
     f"Command: `make bench` (= `host/benches/bench.sh {seconds} {rounds}`). wrk and the servers "
     "share the same cores; every wrk run is `wrk -t1 -c16 -d{}s` on 127.0.0.1.".format(seconds),
     "",
