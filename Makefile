@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PLUGINS := ejoin smsbower onlinesim smsgateway24 gotsms
 # Plugins that exist only for the tests.
-TEST_PLUGINS := misbehaving
+TEST_PLUGINS := misbehaving legacy-v0-1
 WASM_DIR := target/wasm32-wasip2/release
 CONFIG ?= examples/simrelay.toml
 
@@ -22,8 +22,15 @@ wasm-target:
 plugins: wasm-target
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(PLUGINS))
 
+# The hot-swap tests need the versioned fixture built once per version, each copied aside.
+FIXTURE_VERSIONS := 1 2 3 describe-traps webhook-traps
+
 test-plugins: wasm-target
 	$(CARGO) build --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(TEST_PLUGINS))
+	for version in $(FIXTURE_VERSIONS); do \
+	  SIMRELAY_FIXTURE_VERSION=$$version $(CARGO) build --release --target wasm32-wasip2 -p simrelay-versioned && \
+	  cp $(WASM_DIR)/simrelay_versioned.wasm $(WASM_DIR)/simrelay_versioned_$$version.wasm || exit 1; \
+	done
 
 host:
 	$(CARGO) build --release -p simrelay

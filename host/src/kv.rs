@@ -45,7 +45,7 @@ pub type KvWrites = BTreeMap<String, Option<Vec<u8>>>;
 /// they see the writes of earlier calls still on their way to disk.
 pub struct StoreState {
     pub label: String,
-    lock: Mutex<()>,
+    lock: Arc<parking_lot::Mutex<()>>,
     /// Writes of commits queued but not yet durable, oldest first, by commit sequence.
     unflushed: Mutex<Vec<(u64, Arc<KvWrites>)>>,
 }
@@ -58,13 +58,14 @@ impl StoreState {
     pub fn new(label: &str) -> Arc<Self> {
         Arc::new(StoreState {
             label: label.to_string(),
-            lock: Mutex::new(()),
+            lock: Arc::default(),
             unflushed: Mutex::default(),
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        unpoisoned(self.lock.lock())
+    /// Waits for the calls using this store before; the guard owns its hold on the lock.
+    pub fn lock(&self) -> StoreGuard {
+        self.lock.lock_arc()
     }
 
     /// Makes a queued commit's writes visible to later calls until it is durable.
@@ -78,6 +79,9 @@ impl StoreState {
         unpoisoned(self.unflushed.lock()).retain(|(queued, _)| *queued > sequence);
     }
 }
+
+/// A call's hold on one store.
+pub type StoreGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>;
 
 /// What a call wrote and which queued commits it read from.
 pub struct CallWrites {

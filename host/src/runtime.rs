@@ -127,27 +127,26 @@ impl Runtime {
     pub fn load(&self, path: &Path, limits: &Limits) -> Result<LoadedPlugin> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        let component = Component::new(&self.engine, &bytes)
+        self.load_bytes(&bytes, limits)
+            .with_context(|| format!("plugin {}", path.display()))
+    }
+
+    /// Compiles, links and describes a plugin component given as bytes.
+    pub fn load_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<LoadedPlugin> {
+        let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
-        let version = self
-            .interface_version(&component)
-            .with_context(|| format!("cannot load plugin {}", path.display()))?;
+            .context("it is not a valid WebAssembly component")?;
+        let version = self.interface_version(&component)?;
         let pre = AdapterPre::new(&self.linker, &component, version)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!(
-                    "plugin {} needs imports simrelay does not grant",
-                    path.display()
-                )
-            })?;
+            .context("it needs imports simrelay does not grant")?;
         let described = self.run(&pre, KvOverlay::detached(), limits, |adapter, store| {
             adapter.describe(store).map(Ok)
         });
         let descriptor = described
             .result
             .map_err(|error| anyhow::anyhow!("{error}"))
-            .with_context(|| format!("plugin {} failed to describe itself", path.display()))?;
+            .context("it failed to describe itself")?;
         Ok(LoadedPlugin { descriptor, pre })
     }
 
