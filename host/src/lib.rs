@@ -12,6 +12,7 @@ pub mod abi;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod kit;
 pub mod kv;
 pub mod queue;
 pub mod redact;

@@ -38,6 +38,11 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Create, test and manage plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: simrelay::kit::PluginCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +60,7 @@ fn main() -> Result<()> {
             listen,
             data_dir,
         } => serve(config, listen, data_dir),
+        Command::Plugin { command } => simrelay::kit::run(command),
     }
 }
 
