@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
@@ -119,12 +120,13 @@ impl Runner {
             }
             describe(&call.view, &mut asked_for, &mut report);
             let found = judge(&call.view, step.expect.as_ref());
+            let took = format!("{:.2} ms", call.took.as_secs_f64() * 1000.0);
             if found.is_empty() {
                 tally.passed += 1;
-                report.push_str("  ok\n");
+                writeln!(report, "  ok in {took}")?;
             } else {
                 tally.failed += 1;
-                report.push_str("  FAILED\n");
+                writeln!(report, "  FAILED in {took}")?;
                 for difference in &found {
                     write!(report, "{difference}")?;
                 }
@@ -149,12 +151,14 @@ impl Runner {
             StepInput::Response(delivery, outcome) => Input::Response(delivery, outcome),
             StepInput::Tick => Input::Tick,
         };
+        let started = Instant::now();
         let record = {
             let _locks: Vec<_> = stores.iter().map(|store| store.lock()).collect();
             let overlay = KvOverlay::new(db.clone(), stores);
             self.runtime
                 .call(&self.plugin, overlay, &fixture.limits, ctx, input)
         };
+        let took = started.elapsed();
         let view = match record.result {
             Ok(output) => {
                 let writes = record.kv.into_writes();
@@ -179,6 +183,7 @@ impl Runner {
         Ok(Call {
             view,
             output: record.output,
+            took,
         })
     }
 
@@ -208,6 +213,9 @@ struct Call {
     view: Map<String, Value>,
     /// What the plugin printed.
     output: String,
+    /// How long the sandboxed call took (a fresh instance, the call, its key-value reads),
+    /// without the commit: the plugin's own cost.
+    took: Duration,
 }
 
 fn output_view(output: Output) -> Map<String, Value> {

@@ -90,7 +90,10 @@ mod tests {
         let first = {{Type}}::on_webhook(&ctx, &kv, webhook(sms)).unwrap();
         assert_eq!(first.reply.status, 200);
         let reply: Value = simrelay_sdk::serde_json::from_slice(&first.reply.body).unwrap();
-        assert_eq!(reply, json!({ "echo": { "from": "Bank", "to": "+100", "text": "code 1234" }, "count": 1 }));
+        assert_eq!(
+            reply,
+            json!({ "echo": { "from": "Bank", "to": "+100", "text": "code 1234" }, "count": 1 })
+        );
         let [Event::MessageReceived(message)] = &first.effects.events[..] else {
             panic!("one message expected");
         };
