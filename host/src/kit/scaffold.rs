@@ -241,7 +241,9 @@ fn standalone_manifest(manifest: &str) -> Result<String> {
             *value = toml::Value::Table(resolved);
         }
     }
-    Ok(toml::to_string(&manifest)?)
+    let header = "# The simrelay guest SDK, with what it shares with simrelay's other crates \
+                  written out by `simrelay plugin new`.\n";
+    Ok(header.to_string() + &toml::to_string(&manifest)?)
 }
 
 fn is_inherited(value: &toml::Value) -> bool {
