@@ -6,13 +6,16 @@ PLUGINS := ejoin smsbower onlinesim smsgateway24 gotsms
 # Plugins that exist only for the tests.
 TEST_PLUGINS := misbehaving legacy-v0-1
 WASM_DIR := target/wasm32-wasip2/release
+# The Python plugin: componentize-py (from PyPI, into target/python-venv) bundles app.py
+# with CPython into a component. Needs python3 with venv and pip.
+NOTIFY_WASM := $(WASM_DIR)/simrelay_notify.wasm
 CONFIG ?= examples/simrelay.toml
 
 # Local settings (API keys, provider URLs) live in .env, which git ignores.
 -include .env
 export
 
-.PHONY: build plugins test-plugins host run test bench lint wasm-target
+.PHONY: build plugins test-plugins notify host run test bench lint wasm-target
 
 build: host plugins
 
@@ -32,13 +35,19 @@ test-plugins: wasm-target
 	  cp $(WASM_DIR)/simrelay_versioned.wasm $(WASM_DIR)/simrelay_versioned_$$version.wasm || exit 1; \
 	done
 
+notify: $(NOTIFY_WASM)
+
+$(NOTIFY_WASM): plugins/notify/app.py plugins/notify/build.sh $(wildcard wit/*.wit wit/deps/*/*.wit)
+	plugins/notify/build.sh
+
 host:
 	$(CARGO) build --release -p simrelay
 
 run: build
 	./target/release/simrelay serve --config $(CONFIG)
 
-test: build test-plugins
+# The tests run every plugin's fixtures (`simrelay plugin test`), notify's included.
+test: build test-plugins notify
 	$(CARGO) test --release --workspace
 
 bench: build

@@ -15,6 +15,7 @@ pub mod control;
 pub mod db;
 pub mod delivery;
 pub mod deploy;
+pub mod kit;
 pub mod kv;
 pub mod metrics;
 pub mod queue;

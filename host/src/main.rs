@@ -46,13 +46,22 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
-    /// Plugins: upload, install, list, roll back, remove.
+    /// Plugins: create and test them, and upload, install, list, roll back, remove them.
     Plugin {
         #[command(subcommand)]
-        command: PluginControl,
+        command: PluginCommand,
     },
     #[command(flatten)]
     Control(ControlCommand),
+}
+
+/// `simrelay plugin …`: the kit works offline, the rest talks to a running host.
+#[derive(Subcommand)]
+enum PluginCommand {
+    #[command(flatten)]
+    Kit(simrelay::kit::PluginCommand),
+    #[command(flatten)]
+    Control(PluginControl),
 }
 
 fn main() -> Result<()> {
@@ -72,7 +81,12 @@ fn main() -> Result<()> {
             data_dir,
             admin_listen,
         } => serve(config, listen, data_dir, admin_listen),
-        Command::Plugin { command } => client(control::plugin(&cli.connection, command)),
+        Command::Plugin {
+            command: PluginCommand::Kit(command),
+        } => simrelay::kit::run(command),
+        Command::Plugin {
+            command: PluginCommand::Control(command),
+        } => client(control::plugin(&cli.connection, command)),
         Command::Control(command) => client(control::run(&cli.connection, command)),
     }
 }
