@@ -93,7 +93,9 @@ impl InstanceConfig {
             }
         }
         let instance = instance.ok_or_else(|| {
-            format!("variable `{INSTANCE}` is missing: name the instance in the component's variables")
+            format!(
+                "variable `{INSTANCE}` is missing: name the instance in the component's variables"
+            )
         })?;
         settings.sort();
         shared_stores.sort();
@@ -126,7 +128,11 @@ impl InstanceConfig {
             ));
         }
         let missing_store = descriptor.stores.iter().find(|spec| {
-            spec.required && !self.shared_stores.iter().any(|(name, _)| *name == spec.name)
+            spec.required
+                && !self
+                    .shared_stores
+                    .iter()
+                    .any(|(name, _)| *name == spec.name)
         });
         missing_store.map(|spec| {
             format!(
@@ -258,7 +264,10 @@ mod tests {
             ("simrelay_instance", "smsbower"),
             ("simrelay_forward_to", "alerts, audit-log"),
             ("simrelay_stores", "inventory=farm"),
-            ("simrelay_retry", r#"{"schedule":"fixed","interval_secs":2,"jitter":0}"#),
+            (
+                "simrelay_retry",
+                r#"{"schedule":"fixed","interval_secs":2,"jitter":0}"#,
+            ),
             ("simrelay_tick_token", ""),
             ("simrelay_tick_interval_secs", "5"),
             ("simrelay_store", ""),
@@ -267,7 +276,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(config.instance, "smsbower");
-        assert_eq!(config.store, "smsbower", "the own label defaults to the name");
+        assert_eq!(
+            config.store, "smsbower",
+            "the own label defaults to the name"
+        );
         assert_eq!(config.forward_to, ["alerts", "audit-log"]);
         assert_eq!(
             config.shared_stores,
@@ -294,7 +306,8 @@ mod tests {
 
     #[test]
     fn mistakes_are_named_without_values() {
-        let error = |pairs: &[(&str, &str)]| InstanceConfig::from_variables(variables(pairs)).unwrap_err();
+        let error =
+            |pairs: &[(&str, &str)]| InstanceConfig::from_variables(variables(pairs)).unwrap_err();
         assert!(error(&[("api_key", "s3cret")]).contains("simrelay_instance"));
         assert!(error(&[("simrelay_instance", "Bad_Name")]).contains("not a Spin component id"));
         assert!(
@@ -306,17 +319,22 @@ mod tests {
                 .contains("NAME=LABEL")
         );
         assert!(
-            error(&[("simrelay_instance", "a"), ("simrelay_retry", r#"{"interval_secs":0}"#)])
-                .contains("interval_secs")
+            error(&[
+                ("simrelay_instance", "a"),
+                ("simrelay_retry", r#"{"interval_secs":0}"#)
+            ])
+            .contains("interval_secs")
         );
         assert!(
-            error(&[("simrelay_instance", "a"), ("simrelay_retyr", "{}")]).contains("simrelay_retyr")
+            error(&[("simrelay_instance", "a"), ("simrelay_retyr", "{}")])
+                .contains("simrelay_retyr")
         );
     }
 
     #[test]
     fn required_settings_and_stores_are_checked() {
-        let config = |pairs: &[(&str, &str)]| InstanceConfig::from_variables(variables(pairs)).unwrap();
+        let config =
+            |pairs: &[(&str, &str)]| InstanceConfig::from_variables(variables(pairs)).unwrap();
         let complete = config(&[
             ("simrelay_instance", "bower"),
             ("simrelay_stores", "inventory=farm"),
@@ -328,7 +346,12 @@ mod tests {
             ("simrelay_stores", "inventory=farm"),
             ("base_url", " "),
         ]);
-        assert!(no_url.unmet_needs(&marketplace()).unwrap().contains("`base_url`"));
+        assert!(
+            no_url
+                .unmet_needs(&marketplace())
+                .unwrap()
+                .contains("`base_url`")
+        );
         let no_store = config(&[("simrelay_instance", "bower"), ("base_url", "http://x")]);
         assert!(
             no_store

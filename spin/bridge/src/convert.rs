@@ -182,7 +182,10 @@ mod tests {
             }),
         };
         let descriptor: Descriptor = descriptor.conv();
-        assert_eq!(descriptor.capabilities, [Capability::Webhook, Capability::Tick]);
+        assert_eq!(
+            descriptor.capabilities,
+            [Capability::Webhook, Capability::Tick]
+        );
         assert_eq!(
             descriptor.webhook_key.unwrap().source,
             KeySource::Capture("key".into())

@@ -10,9 +10,9 @@
 //! - A **tick** runs the plugin's `on-tick` (at most once per `simrelay_tick_interval_secs`)
 //!   and retries the stored events and deliveries that are due.
 
+use serde_json::json;
 use simrelay_core::auth::{RequestHead, key_matches};
 use simrelay_core::model::{Capability, Descriptor, HttpReply};
-use serde_json::json;
 
 use crate::config::InstanceConfig;
 use crate::io::{Environment, Network, Plugin, Store};
@@ -33,11 +33,7 @@ pub struct Io<'a> {
 
 /// Answers one request.
 pub fn handle(io: &Io<'_>, incoming: Incoming) -> HttpReply {
-    let config = match io
-        .env
-        .variables()
-        .and_then(InstanceConfig::from_variables)
-    {
+    let config = match io.env.variables().and_then(InstanceConfig::from_variables) {
         Ok(config) => config,
         Err(error) => {
             io.env.log(&format!("configuration error: {error}"));
@@ -62,9 +58,10 @@ pub fn handle(io: &Io<'_>, incoming: Incoming) -> HttpReply {
         Purpose::Refused(status, reason) => json_error(status, &reason),
         Purpose::Webhook => webhook(&relay, &descriptor, incoming),
         Purpose::Event => event(&relay, &incoming.body),
-        Purpose::Tick if !incoming.tick_authorized(config.tick_token.as_deref()) => {
-            json_error(401, "the tick route wants `Authorization: Bearer <simrelay_tick_token>`")
-        }
+        Purpose::Tick if !incoming.tick_authorized(config.tick_token.as_deref()) => json_error(
+            401,
+            "the tick route wants `Authorization: Bearer <simrelay_tick_token>`",
+        ),
         Purpose::Tick => tick(&relay, &descriptor),
     }
 }
@@ -89,7 +86,10 @@ fn webhook(relay: &Relay<'_>, descriptor: &Descriptor, incoming: Incoming) -> Ht
             let error = relay.redactor.redact(&error);
             relay.log(&message_id, &format!("webhook failed: {error}"));
             return with_message_id(
-                json_error(500, &format!("webhook not accepted, send it again: {error}")),
+                json_error(
+                    500,
+                    &format!("webhook not accepted, send it again: {error}"),
+                ),
                 &message_id,
             );
         }
@@ -142,7 +142,10 @@ fn event(relay: &Relay<'_>, body: &[u8]) -> HttpReply {
         Ok(effects) => effects,
         Err(error) => {
             let error = relay.redactor.redact(&error);
-            relay.log(&message_id, &format!("{kind} event from {} failed: {error}", envelope.source));
+            relay.log(
+                &message_id,
+                &format!("{kind} event from {} failed: {error}", envelope.source),
+            );
             return json_error(500, &format!("event not handled, send it again: {error}"));
         }
     };
@@ -150,7 +153,11 @@ fn event(relay: &Relay<'_>, body: &[u8]) -> HttpReply {
     relay.settle(&message_id, envelope.hops, effects, &mut report);
     relay.log(
         &message_id,
-        &format!("{kind} event from {}: {}", envelope.source, describe(&report)),
+        &format!(
+            "{kind} event from {}: {}",
+            envelope.source,
+            describe(&report)
+        ),
     );
     if report.errors.is_empty() {
         HttpReply::json(200, &json!(report))
@@ -177,7 +184,9 @@ fn plugin_tick(relay: &Relay<'_>, message_id: &str, report: &mut Report) {
     let last = match relay.store.get(ledger::LAST_TICK_KEY) {
         Ok(last) => last,
         Err(error) => {
-            report.errors.push(format!("cannot read the last tick: {error}"));
+            report
+                .errors
+                .push(format!("cannot read the last tick: {error}"));
             return;
         }
     };
@@ -188,7 +197,9 @@ fn plugin_tick(relay: &Relay<'_>, message_id: &str, report: &mut Report) {
         .store
         .set(ledger::LAST_TICK_KEY, now.to_string().as_bytes())
     {
-        report.errors.push(format!("cannot record the tick: {error}"));
+        report
+            .errors
+            .push(format!("cannot record the tick: {error}"));
         return;
     }
     match relay.plugin.on_tick(&relay.config.context(message_id, now)) {

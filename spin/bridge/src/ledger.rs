@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(delivery_due(&leased), Some(5_000 + LEASE_MS));
         let entries = vec![("a".to_string(), leased)];
         assert!(due_first(entries.clone(), delivery_due, 5_000 + LEASE_MS - 1, 10).is_empty());
-        assert_eq!(due_first(entries, delivery_due, 5_000 + LEASE_MS, 10).len(), 1);
+        assert_eq!(
+            due_first(entries, delivery_due, 5_000 + LEASE_MS, 10).len(),
+            1
+        );
     }
 
     #[test]

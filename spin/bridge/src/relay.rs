@@ -83,10 +83,7 @@ enum Handover {
 impl Relay<'_> {
     /// Logs one line about `message_id`, secrets removed.
     pub fn log(&self, message_id: &str, line: &str) {
-        let line = format!(
-            "{} message_id={message_id} {line}",
-            self.config.instance
-        );
+        let line = format!("{} message_id={message_id} {line}", self.config.instance);
         self.env.log(&self.redactor.redact(&line));
     }
 
@@ -202,7 +199,10 @@ impl Relay<'_> {
             Ok(1) => {}
             Ok(_) => {
                 report.duplicates += 1;
-                self.log(message_id, &format!("delivery `{key}` dropped: already asked for"));
+                self.log(
+                    message_id,
+                    &format!("delivery `{key}` dropped: already asked for"),
+                );
                 return None;
             }
             Err(error) => {
@@ -320,13 +320,19 @@ impl Relay<'_> {
         let keys = match self.store.keys() {
             Ok(keys) => keys,
             Err(error) => {
-                self.error(report, message_id, format!("cannot list stored records: {error}"));
+                self.error(
+                    report,
+                    message_id,
+                    format!("cannot list stored records: {error}"),
+                );
                 return;
             }
         };
         let (events, deliveries): (Vec<String>, Vec<String>) = keys
             .into_iter()
-            .filter(|key| key.starts_with(ledger::EVENT_PREFIX) || key.starts_with(ledger::DELIVERY_PREFIX))
+            .filter(|key| {
+                key.starts_with(ledger::EVENT_PREFIX) || key.starts_with(ledger::DELIVERY_PREFIX)
+            })
             .partition(|key| key.starts_with(ledger::EVENT_PREFIX));
         self.retry_events(message_id, events, report);
         self.retry_deliveries(message_id, deliveries, report);
@@ -434,7 +440,11 @@ impl Relay<'_> {
         let values = match self.store.get_many(&keys) {
             Ok(values) => values,
             Err(error) => {
-                self.error(report, message_id, format!("cannot read stored records: {error}"));
+                self.error(
+                    report,
+                    message_id,
+                    format!("cannot read stored records: {error}"),
+                );
                 return Vec::new();
             }
         };

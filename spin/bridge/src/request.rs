@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(purpose("/api/k/webhook"), Purpose::Webhook);
         assert_eq!(purpose("/smsbower"), Purpose::Webhook);
         assert_eq!(purpose("/.simrelay"), Purpose::Webhook);
-        assert!(matches!(purpose("/.simrelay/other"), Purpose::Refused(404, _)));
+        assert!(matches!(
+            purpose("/.simrelay/other"),
+            Purpose::Refused(404, _)
+        ));
     }
 
     #[test]
@@ -223,7 +226,11 @@ mod tests {
             [("content-type".to_string(), "application/json".to_string())]
         );
         assert_eq!(
-            (webhook.method.as_str(), webhook.path.as_str(), webhook.query.as_str()),
+            (
+                webhook.method.as_str(),
+                webhook.path.as_str(),
+                webhook.query.as_str()
+            ),
             ("POST", "/api/s3cret/webhook", "a=1")
         );
         assert_eq!(webhook.body, b"{}");

@@ -6,8 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 
 use simrelay_core::model::{
-    CallContext, DeliveryOutcome, DeliveryRef, Descriptor, Effects, Event, HttpReply,
-    HttpRequest, HttpResponse, OutgoingRequest, ResponseOutcome, WebhookOutcome,
+    CallContext, DeliveryOutcome, DeliveryRef, Descriptor, Effects, Event, HttpReply, HttpRequest,
+    HttpResponse, OutgoingRequest, ResponseOutcome, WebhookOutcome,
 };
 
 use crate::handler::{Io, handle};
@@ -102,7 +102,8 @@ impl Store for MemoryStore {
 
 type WebhookFn = dyn Fn(&CallContext, HttpRequest) -> Result<WebhookOutcome, String>;
 type EventFn = dyn Fn(&CallContext, Event) -> Result<Effects, String>;
-type ResponseFn = dyn Fn(&CallContext, DeliveryRef, DeliveryOutcome) -> Result<ResponseOutcome, String>;
+type ResponseFn =
+    dyn Fn(&CallContext, DeliveryRef, DeliveryOutcome) -> Result<ResponseOutcome, String>;
 type TickFn = dyn Fn(&CallContext) -> Result<Effects, String>;
 
 /// A plugin made of closures; every call is recorded.
@@ -144,13 +145,19 @@ impl Plugin for ScriptedPlugin {
         self.descriptor.clone()
     }
 
-    fn on_webhook(&self, ctx: &CallContext, request: HttpRequest) -> Result<WebhookOutcome, String> {
+    fn on_webhook(
+        &self,
+        ctx: &CallContext,
+        request: HttpRequest,
+    ) -> Result<WebhookOutcome, String> {
         self.calls.borrow_mut().push("webhook".into());
         (self.webhook)(ctx, request)
     }
 
     fn on_event(&self, ctx: &CallContext, event: Event) -> Result<Effects, String> {
-        self.calls.borrow_mut().push(format!("event {}", event.kind()));
+        self.calls
+            .borrow_mut()
+            .push(format!("event {}", event.kind()));
         (self.event)(ctx, event)
     }
 

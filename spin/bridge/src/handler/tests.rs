@@ -139,7 +139,10 @@ fn marketplace_rig() -> Rig {
         marketplace(),
         &[
             ("simrelay_instance", "market"),
-            ("simrelay_retry", r#"{"schedule":"fixed","interval_secs":1,"jitter":0}"#),
+            (
+                "simrelay_retry",
+                r#"{"schedule":"fixed","interval_secs":1,"jitter":0}"#,
+            ),
             ("partner", PARTNER_KEY),
         ],
     )
@@ -158,7 +161,10 @@ fn webhook(key: &str, body: &str) -> crate::request::Incoming {
     from_outside(
         "POST",
         &format!("/api/{key}/webhook"),
-        &[("spin-path-match-key", key), ("content-type", "application/json")],
+        &[
+            ("spin-path-match-key", key),
+            ("content-type", "application/json"),
+        ],
         body,
     )
 }
@@ -183,7 +189,10 @@ fn header<'a>(reply: &'a HttpReply, name: &str) -> Option<&'a str> {
 fn a_webhook_is_answered_once_every_downstream_component_accepted_its_events() {
     let rig = gateway_rig("market audit");
     let reply = rig.handle(webhook(KEY, r#"{"ids": ["1", "2"]}"#));
-    assert_eq!((reply.status, body_json(&reply)), (200, json!({ "message": "Ok" })));
+    assert_eq!(
+        (reply.status, body_json(&reply)),
+        (200, json!({ "message": "Ok" }))
+    );
     let message_id = header(&reply, MESSAGE_ID_HEADER).unwrap();
     let forwarded: Vec<(String, String, u32)> = rig
         .network
@@ -194,7 +203,10 @@ fn a_webhook_is_answered_once_every_downstream_component_accepted_its_events() {
             let Event::MessageReceived(message) = &envelope.event else {
                 panic!("an SMS");
             };
-            assert_eq!((envelope.source.as_str(), envelope.message_id.as_str()), ("gateway", message_id));
+            assert_eq!(
+                (envelope.source.as_str(), envelope.message_id.as_str()),
+                ("gateway", message_id)
+            );
             (target.clone(), message.id.clone(), envelope.hops)
         })
         .collect();
@@ -207,14 +219,20 @@ fn a_webhook_is_answered_once_every_downstream_component_accepted_its_events() {
             ("audit".into(), "2".into(), 2),
         ]
     );
-    assert!(rig.store.keys_with(ledger::PREFIX).is_empty(), "nothing left to retry");
+    assert!(
+        rig.store.keys_with(ledger::PREFIX).is_empty(),
+        "nothing left to retry"
+    );
 }
 
 #[test]
 fn a_wrong_key_is_refused_before_the_plugin_is_called() {
     let rig = gateway_rig("market");
     let reply = rig.handle(webhook("guess", r#"{"ids": ["1"]}"#));
-    assert_eq!((reply.status, body_json(&reply)), (401, json!({ "message": "Bad Api Key" })));
+    assert_eq!(
+        (reply.status, body_json(&reply)),
+        (401, json!({ "message": "Bad Api Key" }))
+    );
     assert!(rig.plugin.calls().is_empty());
     assert!(rig.network.forwarded.borrow().is_empty());
 }
@@ -238,13 +256,15 @@ fn an_event_a_component_does_not_accept_is_kept_for_the_tick_and_the_webhook_is_
     let report = body_json(&rig.handle(tick()));
     assert_eq!(report["events_forwarded"], 0);
     // Due, still refused: kept with one more attempt.
-    rig.env.advance_ms(queued.next_attempt_ms - rig.env.now.get());
+    rig.env
+        .advance_ms(queued.next_attempt_ms - rig.env.now.get());
     rig.handle(tick());
     let again: QueuedEvent = rig.store.json(&kept[0]);
     assert_eq!(again.attempts, 2);
     // Accepted at last: gone.
     rig.network.downstream_status.borrow_mut().clear();
-    rig.env.advance_ms(again.next_attempt_ms - rig.env.now.get());
+    rig.env
+        .advance_ms(again.next_attempt_ms - rig.env.now.get());
     let report = body_json(&rig.handle(tick()));
     assert_eq!(report["events_forwarded"], 1, "{report}");
     assert!(rig.store.keys_with(ledger::EVENT_PREFIX).is_empty());
@@ -260,8 +280,16 @@ fn a_refused_push_is_kept_and_retried_by_the_tick_until_accepted_then_never_agai
     assert_eq!(body_json(&reply)["retrying"], 1);
     let pending = record(&rig, "1");
     let retry_at = rig.env.now.get() + 10_000;
-    assert_eq!(pending.state, DeliveryState::Pending { next_attempt_ms: retry_at });
-    assert_eq!(pending.message_id, "msg-1", "the record keeps the message's id");
+    assert_eq!(
+        pending.state,
+        DeliveryState::Pending {
+            next_attempt_ms: retry_at
+        }
+    );
+    assert_eq!(
+        pending.message_id, "msg-1",
+        "the record keeps the message's id"
+    );
     assert_eq!(rig.network.sent_keys(), 1);
 
     rig.env.advance_ms(9_999);
@@ -270,7 +298,13 @@ fn a_refused_push_is_kept_and_retried_by_the_tick_until_accepted_then_never_agai
 
     rig.env.advance_ms(1);
     let report = body_json(&rig.handle(tick()));
-    assert_eq!((report["deliveries_attempted"].clone(), report["delivered"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (
+            report["deliveries_attempted"].clone(),
+            report["delivered"].clone()
+        ),
+        (json!(1), json!(1))
+    );
     let delivered = record(&rig, "1");
     assert_eq!(delivered.attempts, 2);
     assert!(matches!(delivered.state, DeliveryState::Delivered { .. }));
@@ -279,7 +313,11 @@ fn a_refused_push_is_kept_and_retried_by_the_tick_until_accepted_then_never_agai
     drop(sent);
     assert_eq!(
         rig.plugin.calls(),
-        ["event message-received", "response push/1 #1", "response push/1 #2"]
+        [
+            "event message-received",
+            "response push/1 #1",
+            "response push/1 #2"
+        ]
     );
 
     rig.env.advance_ms(3_600_000);
@@ -299,17 +337,21 @@ fn a_delivery_asked_for_again_is_made_once() {
 #[test]
 fn a_host_spin_does_not_allow_makes_the_delivery_dead_with_the_reason() {
     let rig = marketplace_rig();
-    rig.network
-        .answers
-        .borrow_mut()
-        .push_back(Sent::Refused("http://127.0.0.1:9000 is not in allowed_outbound_hosts".into()));
+    rig.network.answers.borrow_mut().push_back(Sent::Refused(
+        "http://127.0.0.1:9000 is not in allowed_outbound_hosts".into(),
+    ));
     let reply = rig.handle(chained_event(&envelope("1", 2)));
     assert_eq!(body_json(&reply)["dead"], 1);
     let DeliveryState::Dead { reason, .. } = record(&rig, "1").state else {
         panic!("dead");
     };
     assert!(reason.contains("allowed_outbound_hosts"), "{reason}");
-    assert!(!rig.plugin.calls().iter().any(|call| call.starts_with("response")));
+    assert!(
+        !rig.plugin
+            .calls()
+            .iter()
+            .any(|call| call.starts_with("response"))
+    );
 }
 
 #[test]
@@ -323,13 +365,25 @@ fn deliveries_over_the_request_budget_wait_for_the_tick() {
                 .collect(),
         })
     });
-    let rig = Rig::new(plugin, &[("simrelay_instance", "market"), ("partner", PARTNER_KEY)]);
+    let rig = Rig::new(
+        plugin,
+        &[("simrelay_instance", "market"), ("partner", PARTNER_KEY)],
+    );
     let report = body_json(&rig.handle(chained_event(&envelope("x", 2))));
     assert_eq!(report["deliveries_attempted"], MAX_ATTEMPTS_PER_REQUEST);
     assert_eq!(report["deferred"], 2);
     let report = body_json(&rig.handle(tick()));
-    assert_eq!((report["delivered"].clone(), report["deliveries_attempted"].clone()), (json!(2), json!(2)));
-    assert_eq!(rig.network.sent_keys(), MAX_ATTEMPTS_PER_REQUEST as usize + 2);
+    assert_eq!(
+        (
+            report["delivered"].clone(),
+            report["deliveries_attempted"].clone()
+        ),
+        (json!(2), json!(2))
+    );
+    assert_eq!(
+        rig.network.sent_keys(),
+        MAX_ATTEMPTS_PER_REQUEST as usize + 2
+    );
 }
 
 #[test]
@@ -352,18 +406,28 @@ fn a_delivery_that_cannot_be_stored_is_not_acknowledged_and_can_be_asked_for_aga
         .replace(Some(ledger::DELIVERY_PREFIX.into()));
     let reply = rig.handle(chained_event(&envelope("1", 2)));
     assert_eq!(reply.status, 503);
-    assert_eq!(rig.network.sent_keys(), 0, "nothing is sent that is not stored");
+    assert_eq!(
+        rig.network.sent_keys(),
+        0,
+        "nothing is sent that is not stored"
+    );
     rig.store.failing_prefix.replace(None);
     let reply = rig.handle(chained_event(&envelope("1", 2)));
     assert_eq!(reply.status, 200);
-    assert_eq!(body_json(&reply)["delivered"], 1, "the retry was not taken for a duplicate");
+    assert_eq!(
+        body_json(&reply)["delivered"],
+        1,
+        "the retry was not taken for a duplicate"
+    );
 }
 
 #[test]
 fn events_come_only_by_chaining_and_a_forwarding_cycle_ends() {
     let rig = marketplace_rig();
     let mut outside = chained_event(&envelope("1", 2));
-    outside.headers.push(("spin-client-addr".into(), "203.0.113.9:5000".into()));
+    outside
+        .headers
+        .push(("spin-client-addr".into(), "203.0.113.9:5000".into()));
     assert_eq!(rig.handle(outside).status, 403);
 
     let looping = rig.handle(chained_event(&envelope("1", MAX_HOPS + 1)));
@@ -399,7 +463,10 @@ fn a_failing_plugin_gets_a_retry_and_its_secrets_stay_out_of_answers_and_logs() 
     let reply = rig.handle(webhook(KEY, "{"));
     assert_eq!(reply.status, 500);
     let text = String::from_utf8_lossy(&reply.body);
-    assert!(text.contains("send it again") && !text.contains(KEY), "{text}");
+    assert!(
+        text.contains("send it again") && !text.contains(KEY),
+        "{text}"
+    );
     assert!(text.contains("[redacted]"), "{text}");
     assert!(!rig.env.logs().contains(KEY), "{}", rig.env.logs());
 }
@@ -410,7 +477,10 @@ fn pushes_carrying_a_partner_key_are_logged_without_it() {
     rig.network.answer(500, &format!("echo key={PARTNER_KEY}"));
     rig.handle(chained_event(&envelope("1", 2)));
     let logs = rig.env.logs();
-    assert!(logs.contains("push/1") && !logs.contains(PARTNER_KEY), "{logs}");
+    assert!(
+        logs.contains("push/1") && !logs.contains(PARTNER_KEY),
+        "{logs}"
+    );
     let stored = record(&rig, "1");
     assert!(!stored.last_result.unwrap().contains(PARTNER_KEY));
 }
@@ -443,7 +513,12 @@ fn the_plugin_ticks_once_per_interval_and_its_deliveries_are_made() {
     rig.handle(tick());
     rig.env.advance_ms(1);
     rig.handle(from_outside("POST", "/.simrelay/tick/gateway", &[], ""));
-    let ticks = rig.plugin.calls().iter().filter(|call| *call == "tick").count();
+    let ticks = rig
+        .plugin
+        .calls()
+        .iter()
+        .filter(|call| *call == "tick")
+        .count();
     assert_eq!(ticks, 2);
 }
 
@@ -472,12 +547,22 @@ fn a_misconfigured_instance_says_what_is_missing() {
     let rig = Rig::new(gateway(), &[("api_key", KEY)]);
     let reply = rig.handle(webhook(KEY, "{}"));
     assert_eq!(reply.status, 500);
-    assert!(body_json(&reply)["error"].as_str().unwrap().contains("simrelay_instance"));
+    assert!(
+        body_json(&reply)["error"]
+            .as_str()
+            .unwrap()
+            .contains("simrelay_instance")
+    );
     assert!(!String::from_utf8_lossy(&reply.body).contains(KEY));
 
     let rig = Rig::new(marketplace(), &[("simrelay_instance", "market")]);
     let reply = rig.handle(chained_event(&envelope("1", 2)));
     assert_eq!(reply.status, 500);
-    assert!(body_json(&reply)["error"].as_str().unwrap().contains("`partner`"));
+    assert!(
+        body_json(&reply)["error"]
+            .as_str()
+            .unwrap()
+            .contains("`partner`")
+    );
     assert!(rig.plugin.calls().is_empty());
 }
