@@ -21,7 +21,7 @@ mod convert;
 pub mod handler;
 pub mod io;
 pub mod ledger;
-mod outbound;
+pub mod outbound;
 pub mod relay;
 pub mod request;
 #[cfg(target_arch = "wasm32")]

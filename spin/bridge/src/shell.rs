@@ -394,22 +394,29 @@ fn exchange(
         .body()
         .map_err(|()| transport("the request body is unavailable"))?;
     let future = wasi::http::outgoing_handler::handle(outgoing, Some(options)).map_err(denied)?;
-    {
-        let mut stream = outgoing_body
-            .write()
-            .map_err(|()| transport("the request body stream is unavailable"))?;
-        stream
+    // With a content-length, the runtime closes the body stream once it has sent that many
+    // bytes, which can beat the flush: a write error counts only when no response came,
+    // and then the response future's error says better why.
+    let written = match outgoing_body.write() {
+        Ok(mut stream) => stream
             .write_all(body)
             .and_then(|()| Write::flush(&mut stream))
-            .map_err(|error| Failure::Transport(format!("sending the body failed: {error}")))?;
-    }
-    OutgoingBody::finish(outgoing_body, None).map_err(denied)?;
+            .map_err(|error| format!("sending the body failed: {error}")),
+        Err(()) => Err("the request body stream is unavailable".to_string()),
+    };
+    // A body that could not be finished shows in the response future as well.
+    let _ = OutgoingBody::finish(outgoing_body, None);
     future.subscribe().block();
     let response = future
         .get()
         .ok_or_else(|| transport("no response"))?
         .map_err(|()| transport("the response was already taken"))?
-        .map_err(denied)?;
+        .map_err(|error| match &written {
+            Err(write) if !matches!(error, ErrorCode::HttpRequestDenied) => {
+                Failure::Transport(format!("{error:?} ({write})"))
+            }
+            _ => denied(error),
+        })?;
     let status = response.status();
     let headers = response
         .headers()
