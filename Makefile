@@ -14,7 +14,7 @@ export
 
 .PHONY: build plugins test-plugins host run test bench lint wasm-target
 
-build: host plugins
+build: host plugins spin-bridge
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -27,6 +27,21 @@ test-plugins: wasm-target
 
 host:
 	$(CARGO) build --release -p simrelay
+
+# Fermyon Spin: the bridge component that serves each plugin instance (spin/bridge); `spin
+# build` builds it too. `make spin` runs the README's two Spin commands.
+SPIN ?= $(shell command -v spin || echo ../shared/tools/spin/spin)
+.PHONY: spin-bridge spin lint-spin
+
+spin-bridge: wasm-target
+	$(CARGO) build --release --target wasm32-wasip2 -p simrelay-spin-bridge
+
+spin:
+	$(SPIN) build
+	$(SPIN) up --runtime-config-file spin/runtime-config.toml
+
+lint-spin: wasm-target
+	$(CARGO) clippy --release --target wasm32-wasip2 -p simrelay-spin-bridge -- -D warnings
 
 run: build
 	./target/release/simrelay serve --config $(CONFIG)
