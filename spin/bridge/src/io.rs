@@ -64,6 +64,8 @@ pub trait Environment {
     fn now_ms(&self) -> u64;
     /// A uniform draw from [0, 1).
     fn random(&self) -> f64;
+    /// A random number, for record ids.
+    fn random_u64(&self) -> u64;
     /// A new id for an input from outside, logged with everything it causes.
     fn new_message_id(&self) -> String;
     /// Writes one line to the component's log. Callers remove secrets first.

@@ -7,8 +7,8 @@
 //!   a delivery asked for twice (a re-sent webhook, two requests at once) is made once;
 //! - `.simrelay/delivery/<idempotency key>`: the [`DeliveryRecord`], kept after it ends, as
 //!   the host keeps its records;
-//! - `.simrelay/event/<id>`: a [`QueuedEvent`] a downstream component did not accept yet;
-//! - `.simrelay/sequence`: the counter that numbers records;
+//! - `.simrelay/event/<queued at>-<id>`: a [`QueuedEvent`] a downstream component did not
+//!   accept yet;
 //! - `.simrelay/last-tick`: when the plugin's `on-tick` last ran, milliseconds as text.
 //!
 //! Spin runs requests side by side and its stores have no transactions, so a tick takes a
@@ -24,7 +24,6 @@ pub const PREFIX: &str = ".simrelay/";
 pub const CLAIM_PREFIX: &str = ".simrelay/claim/";
 pub const DELIVERY_PREFIX: &str = ".simrelay/delivery/";
 pub const EVENT_PREFIX: &str = ".simrelay/event/";
-pub const SEQUENCE_KEY: &str = ".simrelay/sequence";
 pub const LAST_TICK_KEY: &str = ".simrelay/last-tick";
 
 /// How long an attempt may hold a record: longer than any delivery's timeout.
@@ -38,9 +37,11 @@ pub fn delivery_key(idempotency_key: &str) -> String {
     format!("{DELIVERY_PREFIX}{idempotency_key}")
 }
 
-/// Zero-padded, so keys sort in the order the events were queued.
-pub fn event_key(id: u64) -> String {
-    format!("{EVENT_PREFIX}{id:020}")
+/// Records are numbered with random ids rather than a shared counter, which would cost
+/// every record one more write, all of them to the same key.
+/// Zero-padded time first, so keys sort in the order the events were queued.
+pub fn event_key(event: &QueuedEvent) -> String {
+    format!("{EVENT_PREFIX}{:013}-{:016x}", event.created_ms, event.id)
 }
 
 /// A delivery just asked for: pending and due at `due_ms` (a lease when it is attempted at
@@ -164,10 +165,17 @@ mod tests {
 
     #[test]
     fn keys_stay_under_the_reserved_prefix_and_events_sort_by_id() {
-        for key in [claim_key("push/1"), delivery_key("push/1"), event_key(7)] {
+        let event = |created_ms, id| {
+            new_queued_event(id, "a", "b", "m", sms(), "HTTP 500".into(), created_ms)
+        };
+        for key in [
+            claim_key("push/1"),
+            delivery_key("push/1"),
+            event_key(&event(5, 7)),
+        ] {
             assert!(key.starts_with(PREFIX), "{key}");
         }
-        assert!(event_key(9) < event_key(10));
+        assert!(event_key(&event(9, u64::MAX)) < event_key(&event(10, 0)));
         assert_eq!(delivery_key("push/1"), ".simrelay/delivery/push/1");
     }
 
@@ -222,15 +230,18 @@ mod tests {
         assert!(plugin_tick_due(Some(b"1000"), 1_000, 0));
     }
 
-    #[test]
-    fn a_queued_event_waits_the_failure_backoff() {
-        let event = Event::DeliveryStatusChanged(DeliveryStatus {
+    fn sms() -> Event {
+        Event::DeliveryStatusChanged(DeliveryStatus {
             id: "s".into(),
             state: SmsState::Sent,
             detail: None,
             recipient: None,
-        });
-        let queued = new_queued_event(3, "ejoin", "bower", "m", event, "HTTP 500".into(), 1_000);
+        })
+    }
+
+    #[test]
+    fn a_queued_event_waits_the_failure_backoff() {
+        let queued = new_queued_event(3, "ejoin", "bower", "m", sms(), "HTTP 500".into(), 1_000);
         assert_eq!(queued.attempts, 1);
         assert_eq!(
             queued.next_attempt_ms,

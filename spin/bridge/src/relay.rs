@@ -157,18 +157,18 @@ impl Relay<'_> {
 
     fn queue_event(&self, target: &str, envelope: Envelope, error: String, report: &mut Report) {
         let now = self.env.now_ms();
-        let stored = self.next_id().and_then(|id| {
-            let queued = ledger::new_queued_event(
-                id,
-                &self.config.instance,
-                target,
-                &envelope.message_id,
-                envelope.event,
-                self.redactor.redact(&error),
-                now,
-            );
-            self.store.set(&ledger::event_key(id), &to_json(&queued))
-        });
+        let queued = ledger::new_queued_event(
+            self.env.random_u64(),
+            &self.config.instance,
+            target,
+            &envelope.message_id,
+            envelope.event,
+            self.redactor.redact(&error),
+            now,
+        );
+        let stored = self
+            .store
+            .set(&ledger::event_key(&queued), &to_json(&queued));
         match stored {
             Ok(()) => report.events_queued += 1,
             Err(error) => self.error(
@@ -177,12 +177,6 @@ impl Relay<'_> {
                 format!("an event for `{target}` was not accepted and could not be kept: {error}"),
             ),
         }
-    }
-
-    fn next_id(&self) -> Result<u64, String> {
-        self.store
-            .increment(ledger::SEQUENCE_KEY, 1)
-            .map(|id| id.unsigned_abs())
     }
 
     /// Claims the delivery's key, stores it and attempts it, within the request's budget.
@@ -221,25 +215,25 @@ impl Relay<'_> {
         } else {
             now
         };
-        let stored = self.next_id().and_then(|id| {
-            let record =
-                ledger::new_delivery(id, &self.config.instance, message_id, delivery, now, due);
-            self.save(&record).map(|()| record)
-        });
-        let record = match stored {
-            Ok(record) => record,
-            Err(error) => {
-                // Unclaim it, so the sender's retry asks for it again rather than being
-                // dropped as a duplicate of a delivery that was never stored.
-                let _ = self.store.increment(&claim, -1);
-                self.error(
-                    report,
-                    message_id,
-                    format!("delivery `{key}` could not be stored: {error}"),
-                );
-                return None;
-            }
-        };
+        let record = ledger::new_delivery(
+            self.env.random_u64(),
+            &self.config.instance,
+            message_id,
+            delivery,
+            now,
+            due,
+        );
+        if let Err(error) = self.save(&record) {
+            // Unclaim it, so the sender's retry asks for it again rather than being dropped
+            // as a duplicate of a delivery that was never stored.
+            let _ = self.store.increment(&claim, -1);
+            self.error(
+                report,
+                message_id,
+                format!("delivery `{key}` could not be stored: {error}"),
+            );
+            return None;
+        }
         if !attempt_now {
             report.deferred += 1;
             return None;

@@ -468,8 +468,12 @@ impl Environment for SpinEnvironment {
         (wasi::random::random::get_random_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    fn random_u64(&self) -> u64 {
+        wasi::random::random::get_random_u64()
+    }
+
     fn new_message_id(&self) -> String {
-        format!("{:016x}", wasi::random::random::get_random_u64())
+        format!("{:016x}", self.random_u64())
     }
 
     fn log(&self, line: &str) {

@@ -278,6 +278,11 @@ impl Environment for FakeEnv {
         0.0
     }
 
+    fn random_u64(&self) -> u64 {
+        self.messages.set(self.messages.get() + 1);
+        self.messages.get() << 32
+    }
+
     fn new_message_id(&self) -> String {
         self.messages.set(self.messages.get() + 1);
         format!("m{}", self.messages.get())
