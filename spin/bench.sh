@@ -7,7 +7,9 @@
 # Each scenario runs `rounds` times, host and Spin alternately, with
 # `wrk -t1 -c16 -d<seconds>s --latency` on 127.0.0.1.
 # Usage: spin/bench.sh [seconds per run] [rounds]   (after `make build` and `spin build`);
-# SPIN=path/to/spin picks the CLI (default: `spin` on PATH, else ../shared/tools/spin/spin).
+# SPIN=path/to/spin picks the CLI (default: `spin` on PATH, else ../shared/tools/spin/spin);
+# SPIN_STORES=memory serves Spin's stores from memory (not durable: a diagnostic of what the
+# on-disk store costs, never a configuration to deploy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-8}
@@ -83,7 +85,11 @@ pids+=($!)
 
 # Spin, with the README's commands.
 mkdir -p "$work/spin"
-cp spin/runtime-config.toml "$work/spin/"
+if [ "${SPIN_STORES:-disk}" = memory ]; then
+  grep -v '^path' spin/runtime-config.toml > "$work/spin/runtime-config.toml"
+else
+  cp spin/runtime-config.toml "$work/spin/"
+fi
 (cd "$work" && \
   SPIN_VARIABLE_EJOIN_API_KEY=$key SPIN_VARIABLE_SMSBOWER_API_KEY=$bower_key \
   SPIN_VARIABLE_SMSBOWER_BASE_URL=$mock SPIN_VARIABLE_SMSBOWER_SERVICES='["tg","wa"]' \
