@@ -115,12 +115,13 @@ measure() { # name port
   run=$((run + 1))
   local result
   result=$(SMS_BASE=$((1700000000 + run * 10000000)) wrk -t1 -c16 -d"${seconds}s" --latency \
-    -s spin/bench-sms.lua "http://127.0.0.1:$2/api/$key/webhook")
-  printf '%-6s %10s req/s   p50 %8s   p99 %8s   %s\n' "$1" \
+    --timeout 10s -s spin/bench-sms.lua "http://127.0.0.1:$2/api/$key/webhook")
+  printf '%-6s %10s req/s   p50 %8s   p99 %8s   %s %s\n' "$1" \
     "$(awk '/Requests\/sec/ { print $2 }' <<<"$result")" \
     "$(awk '$1 == "50%" { print $2 }' <<<"$result")" \
     "$(awk '$1 == "99%" { print $2 }' <<<"$result")" \
-    "$(grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$result" || true)"
+    "$(grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$result" || true)" \
+    "$(grep -o 'Socket errors:.*' <<<"$result" || true)"
 }
 
 echo "== no activation: webhook, two downstream instances, no push"

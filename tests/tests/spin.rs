@@ -142,7 +142,16 @@ impl SpinApp {
 }
 
 impl Drop for SpinApp {
+    /// `spin up` serves from a child process (`spin trigger http`) that it stops on
+    /// SIGTERM; killed outright it would leave that process behind.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
