@@ -17,7 +17,7 @@ export
 
 .PHONY: build plugins test-plugins notify host run test bench lint wasm-target
 
-build: host plugins
+build: host plugins spin-bridge
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -43,6 +43,21 @@ $(NOTIFY_WASM): plugins/notify/app.py plugins/notify/build.sh $(wildcard wit/*.w
 host:
 	$(CARGO) build --release -p simrelay
 
+# Fermyon Spin: the bridge component that serves each plugin instance (spin/bridge); `spin
+# build` builds it too. `make spin` runs the README's two Spin commands.
+SPIN ?= $(shell command -v spin || echo ../shared/tools/spin/spin)
+.PHONY: spin-bridge spin lint-spin
+
+spin-bridge: wasm-target
+	$(CARGO) build --release --target wasm32-wasip2 -p simrelay-spin-bridge
+
+spin:
+	$(SPIN) build
+	$(SPIN) up --runtime-config-file spin/runtime-config.toml
+
+lint-spin: wasm-target
+	$(CARGO) clippy --release --target wasm32-wasip2 -p simrelay-spin-bridge -- -D warnings
+
 run: build
 	./target/release/simrelay serve --config $(CONFIG)
 
@@ -53,7 +68,7 @@ test: build test-plugins notify
 bench: build
 	$(CARGO) bench -p simrelay --bench adapter_call
 
-lint: wasm-target
+lint: wasm-target lint-spin
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip2 $(addprefix -p simrelay-,$(PLUGINS) $(TEST_PLUGINS)) -- -D warnings
