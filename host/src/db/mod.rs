@@ -415,8 +415,14 @@ impl Db {
         Ok(table.get((label, key))?.map(|value| value.value().to_vec()))
     }
 
-    /// The label's keys after `cursor` (all when `None`), in order.
-    pub fn kv_keys(&self, label: &str, cursor: Option<&str>) -> Result<Vec<String>> {
+    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
+    /// order, and whether they are the last.
+    pub fn kv_keys(
+        &self,
+        label: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
         // Keys sort by label first: one label's keys run on from (label, "").
@@ -425,13 +431,17 @@ impl Db {
             let (key, _) = entry?;
             let (entry_label, entry_key) = key.value();
             if entry_label != label {
-                break;
+                return Ok((keys, true));
             }
-            if cursor != Some(entry_key) {
-                keys.push(entry_key.to_string());
+            if cursor == Some(entry_key) {
+                continue;
             }
+            if keys.len() == limit {
+                return Ok((keys, false));
+            }
+            keys.push(entry_key.to_string());
         }
-        Ok(keys)
+        Ok((keys, true))
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -992,7 +1002,10 @@ mod tests {
             Some(&b"from ab"[..])
         );
         assert_eq!(db.kv_get("b", "k").unwrap(), None);
-        assert_eq!(db.kv_keys("a", None).unwrap(), ["k"]);
+        assert_eq!(
+            db.kv_keys("a", None, 10).unwrap(),
+            (vec!["k".to_string()], true)
+        );
     }
 
     #[test]
@@ -1005,8 +1018,11 @@ mod tests {
             &[],
         ))
         .unwrap();
-        assert_eq!(db.kv_keys("a", Some("1")).unwrap(), ["2", "3"]);
-        assert_eq!(db.kv_keys("a", Some("10")).unwrap(), ["2", "3"]);
+        let keys = |cursor, limit| db.kv_keys("a", cursor, limit).unwrap();
+        assert_eq!(keys(Some("1"), 10), (vec!["2".into(), "3".into()], true));
+        assert_eq!(keys(Some("10"), 10), (vec!["2".into(), "3".into()], true));
+        assert_eq!(keys(None, 2), (vec!["1".into(), "2".into()], false));
+        assert_eq!(keys(Some("2"), 1), (vec!["3".into()], true));
     }
 
     #[test]

@@ -10,7 +10,10 @@ use wasmparser::{Parser, Payload};
 
 /// Interfaces Spin 3 and 4 give every component, by package and interface, for any version
 /// with this prefix: `wasi:http` 0.2, `wasi:keyvalue` 0.2.0-draft2, the WASI 0.2 CLI,
-/// clocks, random and the I/O streams they use, and `wasi:config` for Spin variables.
+/// clocks, random and the I/O streams they use, `wasi:config` for Spin variables, and the
+/// WASI 0.2 filesystem and sockets (Spin's WASI factor links them: the filesystem holds only
+/// the component's mounted `files`, sockets reach only its `allowed_outbound_hosts`). Guest
+/// runtimes such as componentize-py's import those whether or not the plugin uses them.
 const SPIN_PROVIDES: &[(&str, &[&str], &str)] = &[
     ("wasi:http", &["types", "outgoing-handler"], "0.2."),
     (
@@ -42,6 +45,20 @@ const SPIN_PROVIDES: &[(&str, &[&str], &str)] = &[
     ),
     ("wasi:io", &["error", "poll", "streams"], "0.2."),
     ("wasi:config", &["store"], "0.2.0-draft-2024-09-27"),
+    ("wasi:filesystem", &["types", "preopens"], "0.2."),
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "udp",
+            "udp-create-socket",
+            "tcp",
+            "tcp-create-socket",
+            "ip-name-lookup",
+        ],
+        "0.2.",
+    ),
 ];
 
 /// The adapter interface's types: no functions, so no one has to provide them.
@@ -116,10 +133,11 @@ fn the_allowed_list_is_what_spin_provides() {
     assert!(plugin_may_import("simrelay:adapter/types@0.2.0"));
     assert!(bridge_may_import("wasi:http/outgoing-handler@0.2.12"));
     assert!(bridge_may_import(ADAPTER));
-    // An older draft, a filesystem, sockets, a plugin calling a plugin: not on Spin.
+    assert!(plugin_may_import("wasi:filesystem/preopens@0.2.9"));
+    assert!(plugin_may_import("wasi:sockets/tcp@0.2.6"));
+    // An older draft, WASI 0.3, a plugin calling a plugin, Spin's own old key-value: not there.
     assert!(!plugin_may_import("wasi:keyvalue/store@0.2.0-draft"));
-    assert!(!plugin_may_import("wasi:filesystem/types@0.2.6"));
-    assert!(!plugin_may_import("wasi:sockets/tcp@0.2.6"));
+    assert!(!plugin_may_import("wasi:sockets/tcp@0.3.0"));
     assert!(!plugin_may_import(ADAPTER));
     assert!(!plugin_may_import("wasi:http/types@0.3.0"));
     assert!(!plugin_may_import("fermyon:spin/key-value@2.0.0"));
