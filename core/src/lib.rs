@@ -8,10 +8,14 @@
 //! - [`retry`]: delivery states and retry policies;
 //! - [`auth`]: webhook keys checked before a plugin is called;
 //! - [`relay`]: stored deliveries and events, and what a call's outcome does to them;
-//! - [`fan_out`]: which instances an instance's events go to.
+//! - [`fan_out`]: which instances an instance's events go to;
+//! - [`redact`]: secrets kept out of logs and error messages;
+//! - [`convert`]: conversions between generated bindings and [`model`].
 
 pub mod auth;
+pub mod convert;
 pub mod model;
+pub mod redact;
 pub mod relay;
 pub mod retry;
 pub mod routing;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use simrelay_core::retry::RetryPolicy;
 
 #[derive(Debug, Deserialize)]
@@ -30,6 +30,14 @@ pub struct HostConfig {
     pub http: crate::server::HttpLimits,
     /// Attempts in flight at once to one destination (host and port).
     pub deliveries_per_destination: usize,
+    /// The operator API's listener and token.
+    pub admin: AdminConfig,
+    /// How long finished work is kept.
+    pub retention: crate::db::Retention,
+    /// Instances that get the host's `delivery-health` events.
+    pub alerts_to: Vec<String>,
+    /// The send API (`POST /v1/messages` on the webhook listener), when configured.
+    pub send: Option<SendConfig>,
 }
 
 impl Default for HostConfig {
@@ -39,11 +47,45 @@ impl Default for HostConfig {
             data_dir: None,
             http: Default::default(),
             deliveries_per_destination: 8,
+            admin: AdminConfig::default(),
+            retention: Default::default(),
+            alerts_to: Vec::new(),
+            send: None,
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `[host.admin]`: the operator API, on its own listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Loopback by default: the API can change what runs.
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry. When unset, the host makes one at first
+    /// start and keeps it in `DATA_DIR/admin-token`, readable by its owner only.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token: None,
+        }
+    }
+}
+
+/// `[host.send]`: who sends SMS asked for through `POST /v1/messages`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendConfig {
+    /// The instance that sends, unless a request names another.
+    pub instance: String,
+    /// The bearer token senders must carry.
+    pub token: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// Path of the plugin component, relative to the configuration file.
@@ -69,6 +111,10 @@ pub struct InstanceConfig {
     /// When deliveries are retried and when they are given up.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// After this many failed calls in a row, a plugin version installed over a working
+    /// one is rolled back to it. 0: keep failing closed (the default).
+    #[serde(default)]
+    pub rollback_after_failures: u32,
 }
 
 fn settings_as_text<'de, D: Deserializer<'de>>(
@@ -91,7 +137,7 @@ fn settings_as_text<'de, D: Deserializer<'de>>(
 }
 
 /// The sandbox of every call into an instance.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub timeout_ms: u64,
@@ -112,7 +158,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Path pattern with captures, e.g. `/api/{key}/webhook`.
@@ -153,10 +199,26 @@ impl Config {
         if let Some(dir) = &mut self.host.data_dir {
             *dir = base.join(&dir);
         }
+        if let Some(token) = &mut self.host.admin.token {
+            *token = interpolate(token, env).context("host.admin.token")?;
+        }
+        if let Some(send) = &mut self.host.send {
+            send.token = interpolate(&send.token, env).context("host.send.token")?;
+        }
         Ok(())
     }
 
     fn validate(&self) -> Result<()> {
+        for name in self
+            .host
+            .alerts_to
+            .iter()
+            .chain(self.host.send.as_ref().map(|send| &send.instance))
+        {
+            if !self.instances.contains_key(name) {
+                bail!("host names unknown instance `{name}`");
+            }
+        }
         for route in &self.routes {
             if !self.instances.contains_key(&route.instance) {
                 bail!(

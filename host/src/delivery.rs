@@ -210,7 +210,7 @@ async fn attempt(
         return Ok(());
     }
     let span = info_span!("delivery", message_id = %record.message_id, delivery = id, instance = %record.instance);
-    let Some(instance) = relay.instance(&record.instance).cloned() else {
+    let Some(instance) = relay.instance(&record.instance) else {
         span.in_scope(|| warn!("delivery kept: its instance is not configured"));
         return Ok(());
     };

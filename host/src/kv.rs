@@ -45,7 +45,7 @@ pub type KvWrites = BTreeMap<String, Option<Vec<u8>>>;
 /// they see the writes of earlier calls still on their way to disk.
 pub struct StoreState {
     pub label: String,
-    lock: Mutex<()>,
+    lock: Arc<parking_lot::Mutex<()>>,
     /// Writes of commits queued but not yet durable, oldest first, by commit sequence.
     unflushed: Mutex<Vec<(u64, Arc<KvWrites>)>>,
 }
@@ -58,13 +58,14 @@ impl StoreState {
     pub fn new(label: &str) -> Arc<Self> {
         Arc::new(StoreState {
             label: label.to_string(),
-            lock: Mutex::new(()),
+            lock: Arc::default(),
             unflushed: Mutex::default(),
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        unpoisoned(self.lock.lock())
+    /// Waits for the calls using this store before; the guard owns its hold on the lock.
+    pub fn lock(&self) -> StoreGuard {
+        self.lock.lock_arc()
     }
 
     /// Makes a queued commit's writes visible to later calls until it is durable.
@@ -78,6 +79,9 @@ impl StoreState {
         unpoisoned(self.unflushed.lock()).retain(|(queued, _)| *queued > sequence);
     }
 }
+
+/// A call's hold on one store.
+pub type StoreGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, ()>;
 
 /// What a call wrote and which queued commits it read from.
 pub struct CallWrites {
@@ -182,17 +186,26 @@ impl KvOverlay {
         }
     }
 
+    /// One page of the store's keys after `cursor`, in order, and the cursor of the next
+    /// page when there may be more. Reads at most a page of committed keys, so listing a
+    /// large store costs one pass, not one pass per page.
     fn keys_after(
         &mut self,
         store: usize,
         cursor: Option<&str>,
-    ) -> Result<Vec<String>, store::Error> {
+    ) -> Result<store::KeyResponse, store::Error> {
         let view = &self.stores[store];
-        let committed = match &self.db {
+        let (committed, complete) = match &self.db {
             Some(db) => db
-                .kv_keys(&view.label, cursor)
+                .kv_keys(&view.label, cursor, LIST_PAGE)
                 .map_err(|error| store::Error::Other(error.to_string()))?,
-            None => Vec::new(),
+            None => (Vec::new(), true),
+        };
+        // Committed keys were read up to here; later ones come with the next page.
+        let bound = (!complete).then(|| committed.last().cloned()).flatten();
+        let within = |key: &str| {
+            cursor.is_none_or(|cursor| key > cursor)
+                && bound.as_deref().is_none_or(|bound| key <= bound)
         };
         let mut keys: BTreeSet<String> = committed.into_iter().collect();
         let newest_layer = view.unflushed.last().map(|(sequence, _)| *sequence);
@@ -201,6 +214,7 @@ impl KvOverlay {
             .iter()
             .flat_map(|(_, layer)| layer.iter())
             .chain(&view.writes)
+            .filter(|(key, _)| within(key))
         {
             match value {
                 Some(_) => keys.insert(key.clone()),
@@ -210,10 +224,14 @@ impl KvOverlay {
         if let Some(sequence) = newest_layer {
             self.note_read(sequence);
         }
-        Ok(keys
-            .into_iter()
-            .filter(|key| cursor.is_none_or(|cursor| key.as_str() > cursor))
-            .collect())
+        let mut keys: Vec<String> = keys.into_iter().collect();
+        let next = if keys.len() > LIST_PAGE {
+            keys.truncate(LIST_PAGE);
+            keys.last().cloned()
+        } else {
+            bound
+        };
+        Ok(store::KeyResponse { keys, cursor: next })
     }
 }
 
@@ -261,15 +279,7 @@ impl store::HostBucket for KvOverlay {
         bucket: Resource<Bucket>,
         cursor: Option<String>,
     ) -> KvResult<store::KeyResponse> {
-        Ok(self
-            .keys_after(bucket.rep() as usize, cursor.as_deref())
-            .map(|mut keys| {
-                let cursor = (keys.len() > LIST_PAGE).then(|| {
-                    keys.truncate(LIST_PAGE);
-                    keys[LIST_PAGE - 1].clone()
-                });
-                store::KeyResponse { keys, cursor }
-            }))
+        Ok(self.keys_after(bucket.rep() as usize, cursor.as_deref()))
     }
 
     fn drop(&mut self, _: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -430,6 +440,52 @@ mod tests {
         let (_dir, mut kv) = overlay(&[mine]);
         assert_eq!(kv.get(bucket(0), "a".into()).unwrap().unwrap(), None);
         assert_eq!(kv.into_writes().read_unflushed, None);
+    }
+
+    #[test]
+    fn pages_through_a_large_store_with_unflushed_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        let committed: KvWrites = (0..2_500)
+            .map(|n| (format!("k{n:05}"), Some(Vec::new())))
+            .collect();
+        db.submit(crate::db::Commit {
+            instance: "mine".into(),
+            kv: vec![("mine".into(), Arc::new(committed))],
+            ..Default::default()
+        })
+        .wait()
+        .unwrap();
+        let mine = StoreState::new("mine");
+        let changes: KvWrites = [
+            ("k00000".to_string(), None),
+            ("k01000".to_string(), None),
+            ("k01000a".to_string(), Some(Vec::new())),
+            ("k99999".to_string(), Some(Vec::new())),
+        ]
+        .into();
+        mine.push_unflushed(1, Arc::new(changes));
+        let mut kv = KvOverlay::new(db, &[mine]);
+        let (mut listed, mut cursor, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = kv.list_keys(bucket(0), cursor).unwrap().unwrap();
+            assert!(page.keys.len() <= LIST_PAGE);
+            listed.extend(page.keys);
+            pages += 1;
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut expected: Vec<String> = (1..2_500)
+            .filter(|n| *n != 1_000)
+            .map(|n| format!("k{n:05}"))
+            .collect();
+        expected.push("k01000a".into());
+        expected.push("k99999".into());
+        expected.sort();
+        assert_eq!(listed, expected);
+        assert!(pages <= 4, "{pages} pages");
     }
 
     #[test]

@@ -9,10 +9,15 @@
 //! the `simrelay-core` crate, shared with the Spin bridge.
 
 pub mod abi;
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod delivery;
+pub mod deploy;
+pub mod kit;
 pub mod kv;
+pub mod metrics;
 pub mod queue;
 pub mod redact;
 pub mod relay;

@@ -1,19 +1,22 @@
-//! The `simrelay` command line.
+//! The `simrelay` command line: `serve` runs the host; the other commands talk to a running
+//! host through its operator API.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use simrelay::config::Config;
+use simrelay::control::{self, Connection, ControlCommand, PluginControl};
 use simrelay::db::Db;
-use simrelay::delivery;
+use simrelay::deploy::Deployer;
 use simrelay::relay::{self, Relay};
 use simrelay::server::{self, BodyBudget};
+use simrelay::{admin, delivery};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +26,8 @@ use tracing::{error, info};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 #[derive(Subcommand)]
@@ -37,7 +42,26 @@ enum Command {
         /// Where state is kept [default: the config's host.data_dir, else ./data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Address of the operator API [default: host.admin.listen, else 127.0.0.1:8081].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
+    /// Plugins: create and test them, and upload, install, list, roll back, remove them.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    #[command(flatten)]
+    Control(ControlCommand),
+}
+
+/// `simrelay plugin …`: the kit works offline, the rest talks to a running host.
+#[derive(Subcommand)]
+enum PluginCommand {
+    #[command(flatten)]
+    Kit(simrelay::kit::PluginCommand),
+    #[command(flatten)]
+    Control(PluginControl),
 }
 
 fn main() -> Result<()> {
@@ -49,13 +73,29 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Serve {
             config,
             listen,
             data_dir,
-        } => serve(config, listen, data_dir),
+            admin_listen,
+        } => serve(config, listen, data_dir, admin_listen),
+        Command::Plugin {
+            command: PluginCommand::Kit(command),
+        } => simrelay::kit::run(command),
+        Command::Plugin {
+            command: PluginCommand::Control(command),
+        } => client(control::plugin(&cli.connection, command)),
+        Command::Control(command) => client(control::run(&cli.connection, command)),
     }
+}
+
+fn client(work: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -80,23 +120,33 @@ fn serve(
     config_path: PathBuf,
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
 ) -> Result<()> {
-    let config = Config::load(&config_path)?;
+    let mut config = Config::load(&config_path)?;
     let listen = listen
         .or(config.host.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let data_dir = data_dir
         .or_else(|| config.host.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("data"));
-
+    let admin_listen = admin_listen.unwrap_or(config.host.admin.listen);
+    Deployer::effective_config(&mut config, &data_dir)?;
     let loaded = Relay::load(&config, &data_dir)?;
+
     let runtime = tokio::runtime::Runtime::new()?;
+    // Made before anything listens, so whoever sees the host up can read it.
+    let token = admin::token(config.host.admin.token.as_deref(), &data_dir)?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listener = TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen} for the operator API"))?;
         let db = open_storage(&listener, &config.host.http, &data_dir).await;
         let relay = tokio::task::block_in_place(|| Relay::start(loaded, db))?;
+        let deployer = Deployer::new(relay.clone(), &data_dir, &config_path)?;
+
         let limits = Arc::new(delivery::Limits::new(
             config.host.deliveries_per_destination,
         ));
@@ -105,14 +155,58 @@ fn serve(
             delivery::client()?,
             limits,
         ));
-        relay::spawn_event_workers(&relay);
-        relay::spawn_tickers(&relay);
-        info!(%listen, data_dir = %data_dir.display(), "simrelay serving");
+        relay::spawn_workers(&relay);
+        relay::spawn_retention(&relay, config.host.retention.clone());
+        spawn_reload_on_hangup(deployer.clone());
+
+        let operator_api = admin::router(deployer, token);
+        let admin_limits = config.host.http.clone();
+        tokio::spawn(async move {
+            let handler = move |request: axum::http::Request<hyper::body::Incoming>, _| {
+                let api = operator_api.clone();
+                async move {
+                    use tower::ServiceExt;
+                    match api.oneshot(request.map(axum::body::Body::new)).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            };
+            server::serve(
+                &admin_listener,
+                &admin_limits,
+                handler,
+                std::future::pending(),
+            )
+            .await;
+        });
+        info!(%listen, admin = %admin_listen, data_dir = %data_dir.display(), "simrelay serving");
         let budget = BodyBudget::new(&config.host.http);
         let handler = move |request, _peer| server::webhook(relay.clone(), budget.clone(), request);
         server::serve(&listener, &config.host.http, handler, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// `kill -HUP` applies the configuration file as it is now.
+fn spawn_reload_on_hangup(deployer: Arc<Deployer>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; use `simrelay reload`");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let deployer = deployer.clone();
+            match tokio::task::spawn_blocking(move || deployer.reload()).await {
+                Ok(Ok(changes)) => info!(?changes, "configuration reloaded"),
+                Ok(Err(cause)) => error!("reload: {cause:#}"),
+                Err(panic) => error!("reload failed: {panic}"),
+            }
+        }
+    });
 }
 
 /// Opens the database. While it cannot be written (a full or failing disk), webhooks get
@@ -121,7 +215,7 @@ fn serve(
 async fn open_storage(
     listener: &TcpListener,
     limits: &server::HttpLimits,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
 ) -> Arc<Db> {
     let mut first_error = true;
     loop {

@@ -25,6 +25,12 @@ impl DueQueue {
         self.changed.notify_one();
     }
 
+    /// How many items wait, and when the earliest is due.
+    pub fn depth(&self) -> (usize, Option<u64>) {
+        let heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        (heap.len(), heap.peek().map(|Reverse((due, _))| *due))
+    }
+
     /// Waits until the earliest item is due and takes it.
     pub async fn next_due(&self) -> u64 {
         loop {

@@ -8,25 +8,33 @@
 //! [`Submitted::finish`] then waits until the commit is durable and schedules what it added.
 //! The time is read once per input and passed in; what an outcome does to the stored
 //! input is decided by the pure functions of [`simrelay_core::relay`].
+//!
+//! Instances are slots: what serves one ([`Active`]: a plugin and its configuration) is
+//! replaced whole while the instance's own store is locked, so a call in flight finishes
+//! on the version it started with and the next call uses the new one. State, queued events
+//! and pending deliveries belong to the instance, not to the version.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, MutexGuard, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use simrelay_core::relay::{self as decide, DeliveryRecord};
 use simrelay_core::retry::{DeliveryState, RetryPolicy, failure_backoff_ms};
 use simrelay_core::routing::{Matched, Pattern, Route, Router};
-use tracing::{info, info_span, warn};
+use tokio::sync::Notify;
+use tracing::{error, info, info_span, warn};
 
 use crate::abi::{Input, Output};
-use crate::config::{Config, InstanceConfig, Limits};
-use crate::db::{Commit, Committed, Consumed, Db, NewDelivery, NewEvent, PendingCommit};
+use crate::config::{Config, InstanceConfig, Limits, RouteConfig};
+use crate::db::{Commit, Committed, Consumed, Db, NewDelivery, NewEvent, PendingCommit, Retention};
 use crate::delivery::AllowList;
-use crate::kv::{KvOverlay, StoreState};
+use crate::kv::{KvOverlay, StoreGuard, StoreState};
+use crate::metrics::metrics;
 use crate::model::{
-    CallContext, Capability, DeliveryOutcome, DeliveryRef, HttpReply, HttpRequest, WebhookKey,
+    CallContext, Capability, DeliveryOutcome, DeliveryRef, Event, HttpReply, HttpRequest,
+    WebhookKey,
 };
 use crate::queue::DueQueue;
 use crate::redact::{Redactor, looks_secret};
@@ -35,17 +43,30 @@ use crate::runtime::{CallError, LoadedPlugin, Runtime};
 /// Route captures, e.g. `("key", "…")` for `/api/{key}/webhook`.
 pub type Captures = Vec<(String, String)>;
 
-/// What serves an instance now: its plugin and its configuration, replaced whole.
+/// Versions kept per instance for rollback.
+const HISTORY: usize = 5;
+
+/// What serves an instance now: a plugin and the configuration it runs with.
 pub struct Active {
     pub plugin: Arc<LoadedPlugin>,
+    /// The plugin component's SHA-256, hex.
+    pub hash: String,
+    pub config: InstanceConfig,
     settings: Vec<(String, String)>,
     shared_stores: Vec<(String, String)>,
-    pub forward_to: Vec<String>,
+    /// Every store the instance may open, its own among them, sorted by label: calls lock
+    /// them in this order, so instances sharing a store never deadlock.
+    stores: Vec<Arc<StoreState>>,
     pub allow: AllowList,
-    pub limits: Limits,
-    pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub tick_interval: Option<Duration>,
+    /// When this version started serving, ms since the epoch.
+    pub since_ms: u64,
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    /// The versions before this one, newest first, for rollback.
+    pub previous: Vec<Arc<Active>>,
 }
 
 impl Active {
@@ -57,17 +78,29 @@ impl Active {
     pub fn settings(&self) -> &[(String, String)] {
         &self.settings
     }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.config.retry
+    }
+
+    pub fn forward_to(&self) -> &[String] {
+        &self.config.forward_to
+    }
 }
 
-/// A configured plugin instance: its stores, its queue of events, and what serves it.
+/// A configured plugin instance: its own store, its queue of events, and what serves it.
 pub struct Instance {
     pub name: String,
-    /// Every store the instance may open, its own among them, sorted by label: calls lock
-    /// them in this order, so instances sharing a store never deadlock.
-    stores: Vec<Arc<StoreState>>,
+    own: Arc<StoreState>,
     active: RwLock<Arc<Active>>,
     /// Events waiting for this instance, handled one at a time and in order.
     pub events: DueQueue,
+    removed: AtomicBool,
+    stop: Notify,
 }
 
 impl Instance {
@@ -78,33 +111,64 @@ impl Instance {
             .clone()
     }
 
-    fn lock_stores(&self) -> Vec<MutexGuard<'_, ()>> {
-        self.stores.iter().map(|store| store.lock()).collect()
+    /// The active version and the locks of all its stores, taken so that no swap can come
+    /// between reading the version and calling it.
+    fn lock(&self) -> (Arc<Active>, Vec<StoreGuard>) {
+        loop {
+            let active = self.active();
+            let guards: Vec<StoreGuard> = active.stores.iter().map(|store| store.lock()).collect();
+            if Arc::ptr_eq(&active, &self.active()) {
+                return (active, guards);
+            }
+        }
+    }
+
+    /// Resolves once the instance is removed.
+    pub async fn stopped(&self) {
+        let notified = self.stop.notified();
+        if self.removed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 }
 
 pub struct Relay {
     pub db: Arc<Db>,
     runtime: Arc<Runtime>,
-    instances: BTreeMap<String, Arc<Instance>>,
-    router: Router,
+    instances: RwLock<BTreeMap<String, Arc<Instance>>>,
+    router: RwLock<Arc<Router>>,
+    /// One state per store label, shared by every instance granted it.
+    labels: Mutex<BTreeMap<String, Arc<StoreState>>>,
     pub deliveries: DueQueue,
     next_message: AtomicU64,
+    pub started: Instant,
+    /// Instances that get the host's `delivery-health` events.
+    alerts_to: RwLock<Vec<String>>,
+    /// Failed delivery attempts in a row, per instance, for `delivery-health` events.
+    delivery_failures: Mutex<BTreeMap<String, u32>>,
+    /// Told of every automatic rollback, so it outlives a restart.
+    on_rollback: std::sync::OnceLock<RollbackHook>,
 }
+
+type RollbackHook = Box<dyn Fn(&str, &InstanceConfig) + Send + Sync>;
 
 /// A call's outcome on its way to disk, and what to do once it is there.
 pub struct Submitted {
     pending: PendingCommit,
     /// Stores whose unflushed layer holds this commit's writes.
     layered: Vec<Arc<StoreState>>,
-    instance: Arc<Instance>,
     /// A delivery to retry when its record was stored as pending.
     retry_delivery: Option<(u64, u64)>,
 }
 
 impl Submitted {
     /// Blocks until the commit (and all it read) is durable, then schedules what it added.
-    pub fn finish(self, relay: &Relay) -> Result<()> {
+    pub fn finish(self, relay: &Relay) -> Result<Committed> {
         let sequence = self.pending.sequence();
         let committed = self.pending.wait();
         if let Some(sequence) = sequence {
@@ -113,11 +177,11 @@ impl Submitted {
             }
         }
         let committed = committed?;
-        relay.schedule(&self.instance, committed);
+        relay.schedule(&committed);
         if let Some((due, id)) = self.retry_delivery {
             relay.deliveries.schedule(due, id);
         }
-        Ok(())
+        Ok(committed)
     }
 }
 
@@ -132,8 +196,9 @@ pub enum Failure {
 /// The configured instances, loaded but not yet serving.
 pub struct Loaded {
     runtime: Arc<Runtime>,
-    instances: BTreeMap<String, Arc<Instance>>,
-    router: Router,
+    plugins: BTreeMap<String, (InstanceConfig, Arc<LoadedPlugin>, String)>,
+    routes: Vec<RouteConfig>,
+    alerts_to: Vec<String>,
 }
 
 impl Relay {
@@ -141,48 +206,20 @@ impl Relay {
     /// Any plugin that fails to load stops start-up with a message naming it.
     pub fn load(config: &Config, data_dir: &std::path::Path) -> Result<Loaded> {
         let runtime = Runtime::with_cache(data_dir)?;
-        let mut labels: BTreeMap<String, Arc<StoreState>> = BTreeMap::new();
-        let mut instances = BTreeMap::new();
+        let mut plugins = BTreeMap::new();
         for (name, instance) in &config.instances {
             let plugin = runtime
                 .load(&instance.plugin, &instance.limits)
                 .with_context(|| format!("instance `{name}`"))?;
-            let active = activate(name, instance, Arc::new(plugin))?;
-            let mut stores: Vec<Arc<StoreState>> = std::iter::once(name)
-                .chain(instance.stores.values())
-                .map(|label| {
-                    labels
-                        .entry(label.clone())
-                        .or_insert_with(|| StoreState::new(label))
-                        .clone()
-                })
-                .collect();
-            stores.sort_by(|a, b| a.label.cmp(&b.label));
-            instances.insert(
-                name.clone(),
-                Arc::new(Instance {
-                    name: name.clone(),
-                    stores,
-                    active: RwLock::new(Arc::new(active)),
-                    events: DueQueue::default(),
-                }),
-            );
+            check_needs(name, instance, &plugin)?;
+            let hash = crate::deploy::file_hash(&instance.plugin)?;
+            plugins.insert(name.clone(), (instance.clone(), Arc::new(plugin), hash));
         }
-        let routes = config
-            .routes
-            .iter()
-            .map(|route| {
-                Ok(Route {
-                    pattern: Pattern::parse(&route.path).map_err(anyhow::Error::msg)?,
-                    method: route.method.clone(),
-                    instance: route.instance.clone(),
-                })
-            })
-            .collect::<Result<_>>()?;
         Ok(Loaded {
             runtime,
-            instances,
-            router: Router::new(routes),
+            plugins,
+            routes: config.routes.clone(),
+            alerts_to: config.host.alerts_to.clone(),
         })
     }
 
@@ -191,13 +228,27 @@ impl Relay {
         let relay = Relay {
             db,
             runtime: loaded.runtime,
-            instances: loaded.instances,
-            router: loaded.router,
+            instances: RwLock::default(),
+            router: RwLock::new(Arc::new(Router::new(Vec::new()))),
+            labels: Mutex::default(),
             deliveries: DueQueue::default(),
             next_message: AtomicU64::new(crate::now_ms() << 12),
+            started: Instant::now(),
+            alerts_to: RwLock::new(loaded.alerts_to),
+            delivery_failures: Mutex::default(),
+            on_rollback: std::sync::OnceLock::new(),
         };
+        for (name, (config, plugin, hash)) in loaded.plugins {
+            let active = relay.activate(&name, config, plugin, hash, Vec::new())?;
+            relay.insert_instance(&name, active);
+        }
+        relay.set_routes(&loaded.routes)?;
         relay.restore_queues()?;
         Ok(Arc::new(relay))
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 
     fn restore_queues(&self) -> Result<()> {
@@ -224,23 +275,173 @@ impl Relay {
         Ok(())
     }
 
-    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
-        self.instances.values()
+    /// Every instance, by name.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
-    pub fn instance(&self, name: &str) -> Option<&Arc<Instance>> {
-        self.instances.get(name)
+    pub fn instance(&self, name: &str) -> Option<Arc<Instance>> {
+        self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// The instance a request is for, and the route's captures.
     pub fn route(&self, method: &str, path: &str) -> Option<(Arc<Instance>, Captures)> {
-        let Matched { instance, params } = self.router.find(method, path)?;
-        Some((self.instances.get(instance)?.clone(), params))
+        let router = self
+            .router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Matched { instance, params } = router.find(method, path)?;
+        Some((self.instance(instance)?, params))
+    }
+
+    /// Replaces the routes.
+    pub fn set_routes(&self, routes: &[RouteConfig]) -> Result<()> {
+        let routes = routes
+            .iter()
+            .map(|route| {
+                Ok(Route {
+                    pattern: Pattern::parse(&route.path).map_err(anyhow::Error::msg)?,
+                    method: route.method.clone(),
+                    instance: route.instance.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Router::new(routes));
+        Ok(())
+    }
+
+    /// Sets what is told of automatic rollbacks (once).
+    pub fn on_rollback(&self, hook: impl Fn(&str, &InstanceConfig) + Send + Sync + 'static) {
+        let _ = self.on_rollback.set(Box::new(hook));
+    }
+
+    pub fn set_alerts_to(&self, instances: Vec<String>) {
+        *self.alerts_to.write().unwrap_or_else(|p| p.into_inner()) = instances;
     }
 
     /// A new id for an input from outside; everything it causes is logged with it.
     pub fn new_message_id(&self) -> String {
         format!("{:x}", self.next_message.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn store(&self, label: &str) -> Arc<StoreState> {
+        self.labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label.to_string())
+            .or_insert_with(|| StoreState::new(label))
+            .clone()
+    }
+
+    /// What would serve `name` under `config` with `plugin`, once the plugin's declared
+    /// needs are checked; `previous` are the versions it replaces, newest first.
+    pub fn activate(
+        &self,
+        name: &str,
+        config: InstanceConfig,
+        plugin: Arc<LoadedPlugin>,
+        hash: String,
+        previous: Vec<Arc<Active>>,
+    ) -> Result<Active> {
+        check_needs(name, &config, &plugin)?;
+        let descriptor = &plugin.descriptor;
+        let secret_names: Vec<&str> = descriptor
+            .settings
+            .iter()
+            .filter(|spec| spec.secret)
+            .map(|spec| spec.name.as_str())
+            .collect();
+        let redactor = Redactor::new(
+            config
+                .settings
+                .iter()
+                .filter(|(key, _)| secret_names.contains(&key.as_str()) || looks_secret(key))
+                .map(|(_, value)| value.clone()),
+        );
+        let wants_ticks = descriptor.capabilities.contains(&Capability::Tick);
+        let mut stores: Vec<Arc<StoreState>> = std::iter::once(name)
+            .chain(config.stores.values().map(String::as_str))
+            .map(|label| self.store(label))
+            .collect();
+        stores.sort_by(|a, b| a.label.cmp(&b.label));
+        stores.dedup_by(|a, b| a.label == b.label);
+        info!(
+            instance = %name,
+            plugin = %descriptor.name,
+            version = %descriptor.version,
+            api = %plugin.interface_version(),
+            hash = %&hash[..hash.len().min(12)],
+            "plugin ready"
+        );
+        Ok(Active {
+            settings: config.settings.clone().into_iter().collect(),
+            shared_stores: config.stores.clone().into_iter().collect(),
+            stores,
+            allow: AllowList::parse(&config.allow_hosts)
+                .with_context(|| format!("instances.{name}.allow_hosts"))?,
+            redactor,
+            tick_interval: wants_ticks
+                .then_some(config.tick_interval_secs.unwrap_or(60))
+                .map(Duration::from_secs),
+            since_ms: crate::now_ms(),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            previous: previous.into_iter().take(HISTORY).collect(),
+            config,
+            plugin,
+            hash,
+        })
+    }
+
+    /// Adds an instance; its workers must be started with [`spawn_instance_workers`].
+    pub fn insert_instance(&self, name: &str, active: Active) -> Arc<Instance> {
+        let instance = Arc::new(Instance {
+            name: name.to_string(),
+            own: self.store(name),
+            active: RwLock::new(Arc::new(active)),
+            events: DueQueue::default(),
+            removed: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        self.instances
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), instance.clone());
+        instance
+    }
+
+    /// Removes an instance: its workers stop; its state, queued events and pending
+    /// deliveries stay in the database for an instance of the same name.
+    pub fn remove_instance(&self, name: &str) -> Option<Arc<Instance>> {
+        let instance = self
+            .instances
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)?;
+        // Wait for a call in flight, then let the workers go.
+        let _guard = instance.own.lock();
+        instance.removed.store(true, Ordering::Release);
+        instance.stop.notify_waiters();
+        info!(instance = %name, "instance removed");
+        Some(instance)
+    }
+
+    /// Makes `active` serve `instance` from its next call on; a call in flight finishes on
+    /// the version it started with.
+    pub fn swap(&self, instance: &Instance, active: Active) {
+        let _guard = instance.own.lock();
+        *instance.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(active);
     }
 
     /// Runs an `on-webhook` call; the reply is returned only once its outcome is durable.
@@ -284,7 +485,7 @@ impl Relay {
         let _span = info_span!("event", message_id = %queued.message_id, event = id, instance = %instance.name).entered();
         let message_id = queued.message_id.clone();
         let event = queued.event.clone();
-        let (result, submitted) = self.submit(
+        let (_, submitted) = self.submit(
             instance,
             &message_id,
             now,
@@ -302,7 +503,6 @@ impl Relay {
                 }
             },
         );
-        drop(result);
         match submitted {
             Ok(submitted) => Some(submitted),
             Err(error) => {
@@ -329,6 +529,7 @@ impl Relay {
         let id = record.id;
         let message_id = record.message_id.clone();
         let mut retry_at = None;
+        let mut health = None;
         let (_, submitted) = self.submit(
             instance,
             &message_id,
@@ -343,7 +544,7 @@ impl Relay {
                     record,
                     &outcome,
                     judged,
-                    &active.retry,
+                    active.retry(),
                     now,
                     fastrand::f64(),
                     |text| active.redactor.redact(text),
@@ -355,13 +556,82 @@ impl Relay {
                     state = record.state.name(),
                     "delivery attempt"
                 );
+                metrics().count(
+                    "simrelay_delivery_attempts_total",
+                    "Delivery attempts, by instance and the state they left the delivery in.",
+                    &[("instance", &instance.name), ("state", record.state.name())],
+                );
                 if let DeliveryState::Pending { next_attempt_ms } = record.state {
                     retry_at = Some((next_attempt_ms, record.id));
                 }
+                health = Some((
+                    !matches!(record.state, DeliveryState::Delivered { .. }),
+                    record.last_result.clone(),
+                    crate::delivery::destination(&record.request.url),
+                ));
                 Consumed::DeliveryUpdated(record)
             },
         );
+        if let Some((failed, last_error, destination)) = health {
+            self.note_delivery_health(instance, failed, last_error, destination, now);
+        }
         self.submitted_delivery(id, now, submitted, retry_at)
+    }
+
+    /// Sends `delivery-health` events to the instances in `alerts_to` when an instance's
+    /// failed attempts in a row reach 1, 2, 4, 8, … and when one succeeds after failures.
+    fn note_delivery_health(
+        &self,
+        instance: &Instance,
+        failed: bool,
+        last_error: Option<String>,
+        destination: String,
+        now: u64,
+    ) {
+        let failures = {
+            let mut counts = self
+                .delivery_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let count = counts.entry(instance.name.clone()).or_default();
+            let before = *count;
+            *count = if failed { before + 1 } else { 0 };
+            match (failed, before) {
+                (true, _) if count.is_power_of_two() => *count,
+                (false, before) if before > 0 => 0,
+                _ => return,
+            }
+        };
+        let targets = self
+            .alerts_to
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if targets.is_empty() {
+            return;
+        }
+        let event = Event::DeliveryHealth(crate::model::DeliveryHealth {
+            instance: instance.name.clone(),
+            destination,
+            consecutive_failures: failures,
+            pending: self.deliveries.depth().0 as u32,
+            last_error: failed.then_some(last_error).flatten(),
+        });
+        let commit = Commit {
+            instance: "simrelay".into(),
+            message_id: self.new_message_id(),
+            now_ms: now,
+            events: simrelay_core::fan_out(vec![event], &targets)
+                .into_iter()
+                .map(|(target, event)| NewEvent { target, event })
+                .collect(),
+            ..Default::default()
+        };
+        // Alerts ride the same queue of commits; nothing waits on them.
+        let pending = self.db.submit(commit);
+        if let Ok(committed) = pending.wait() {
+            self.schedule(&committed);
+        }
     }
 
     /// Records a delivery the host refused to send, without asking the plugin.
@@ -376,9 +646,9 @@ impl Relay {
         let id = record.id;
         let message_id = record.message_id.clone();
         let record = decide::refused(record, reason, now);
-        let guards = instance.lock_stores();
+        let (_, guards) = instance.lock();
         let submitted = self.queue_commit(
-            instance,
+            Vec::new(),
             guards,
             Commit {
                 instance: instance.name.clone(),
@@ -432,6 +702,58 @@ impl Relay {
         }
     }
 
+    /// Puts a finished delivery back in the queue (an operator's retry or replay).
+    pub fn requeue_delivery(&self, id: u64, note: &str) -> Result<DeliveryRecord> {
+        let now = crate::now_ms();
+        let mut record = self
+            .db
+            .delivery(id)?
+            .with_context(|| format!("no delivery {id}"))?;
+        if matches!(record.state, DeliveryState::Pending { .. }) {
+            return Ok(record);
+        }
+        record.history.push(simrelay_core::relay::AttemptLog {
+            attempt: record.attempts,
+            at_ms: now,
+            result: note.to_string(),
+            decision: format!("retry at {now}"),
+        });
+        record.state = DeliveryState::Pending {
+            next_attempt_ms: now,
+        };
+        let commit = Commit {
+            instance: record.instance.clone(),
+            message_id: record.message_id.clone(),
+            now_ms: now,
+            consumed: Consumed::DeliveryUpdated(record.clone()),
+            ..Default::default()
+        };
+        self.db.submit(commit).wait()?;
+        self.deliveries.schedule(now, id);
+        Ok(record)
+    }
+
+    /// Runs one retention pass; returns whether it hit its batch limit.
+    pub fn compact(&self, retention: &Retention) -> Result<bool> {
+        let now = crate::now_ms();
+        let committed = self
+            .db
+            .submit(Commit {
+                instance: "simrelay".into(),
+                message_id: "retention".into(),
+                now_ms: now,
+                compact: Some((retention.clone(), now)),
+                ..Default::default()
+            })
+            .wait()?;
+        let compacted = committed.compacted.unwrap_or_default();
+        let removed = compacted.deliveries + compacted.messages + compacted.delivery_keys;
+        if removed > 0 {
+            info!(?compacted, "retention");
+        }
+        Ok(removed >= crate::db::COMPACT_BATCH)
+    }
+
     /// The one path of every input: lock the instance's stores, call its plugin, decide the
     /// fate of the input with `consumed` (given the call's output or its error), and queue
     /// the commit. The locks are released once the commit is queued; its writes stay
@@ -444,8 +766,7 @@ impl Relay {
         input: Input<'_>,
         consumed: impl FnOnce(&Active, Result<&Output, &str>) -> Consumed,
     ) -> (Result<Output, Failure>, Result<Submitted>) {
-        let guards = instance.lock_stores();
-        let active = instance.active();
+        let (active, guards) = instance.lock();
         let ctx = CallContext {
             instance: instance.name.clone(),
             settings: active.settings.clone(),
@@ -454,10 +775,18 @@ impl Relay {
             message_id: message_id.to_string(),
             now_ms,
         };
-        let overlay = KvOverlay::new(self.db.clone(), &instance.stores);
+        let overlay = KvOverlay::new(self.db.clone(), &active.stores);
+        let started = Instant::now();
         let record = self
             .runtime
-            .call(&active.plugin, overlay, &active.limits, &ctx, input);
+            .call(&active.plugin, overlay, active.limits(), &ctx, input);
+        metrics().latency(
+            "simrelay_plugin_call_seconds",
+            "Plugin calls, by instance and input kind.",
+            &[("instance", &instance.name), ("kind", input.kind())],
+            started.elapsed(),
+        );
+        active.calls.fetch_add(1, Ordering::Relaxed);
         for line in record.output.lines().filter(|line| !line.trim().is_empty()) {
             info!("plugin says: {}", active.redactor.redact(line));
         }
@@ -466,6 +795,18 @@ impl Relay {
             warn!(input = input.kind(), "{message}");
             (error, message)
         });
+        match &result {
+            Ok(_) => active.consecutive_failures.store(0, Ordering::Relaxed),
+            Err((error, _)) => {
+                active.failures.fetch_add(1, Ordering::Relaxed);
+                active.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                metrics().count(
+                    "simrelay_plugin_failures_total",
+                    "Failed plugin calls, by instance and cause.",
+                    &[("instance", &instance.name), ("cause", cause(error))],
+                );
+            }
+        }
         let consumed = consumed(
             &active,
             result.as_ref().map_err(|(_, message)| message.as_str()),
@@ -487,7 +828,8 @@ impl Relay {
                     .map(|(label, writes)| (label, Arc::new(writes)))
                     .collect();
                 let effects = output.take_effects();
-                commit.events = simrelay_core::fan_out(effects.events, &active.forward_to)
+                commit.observed = effects.events.clone();
+                commit.events = simrelay_core::fan_out(effects.events, active.forward_to())
                     .into_iter()
                     .map(|(target, event)| NewEvent { target, event })
                     .collect();
@@ -503,15 +845,62 @@ impl Relay {
             }
             Err((error, message)) => Err(Failure::Call(error, message)),
         };
-        (result, Ok(self.queue_commit(instance, guards, commit)))
+        let submitted = self.queue_commit(active.stores.clone(), guards, commit);
+        self.roll_back_if_failing(instance, &active);
+        (result, Ok(submitted))
+    }
+
+    /// The instance's crash policy: a version installed over a working one that keeps
+    /// failing is replaced by the one before it.
+    fn roll_back_if_failing(&self, instance: &Instance, active: &Arc<Active>) {
+        let limit = active.config.rollback_after_failures;
+        let failing = active.consecutive_failures.load(Ordering::Relaxed);
+        if limit == 0 || failing < limit {
+            return;
+        }
+        let Some(previous) = active.previous.first() else {
+            return;
+        };
+        error!(
+            instance = %instance.name,
+            failed = failing,
+            "plugin {} {} failed {failing} calls in a row: rolling back to {}",
+            active.plugin.descriptor.name,
+            active.plugin.descriptor.version,
+            previous.plugin.descriptor.version
+        );
+        match self.activate(
+            &instance.name,
+            previous.config.clone(),
+            previous.plugin.clone(),
+            previous.hash.clone(),
+            previous.previous.clone(),
+        ) {
+            Ok(restored) => {
+                let current = instance.active();
+                if Arc::ptr_eq(&current, active) {
+                    if let Some(hook) = self.on_rollback.get() {
+                        hook(&instance.name, &restored.config);
+                    }
+                    *instance.active.write().unwrap_or_else(|p| p.into_inner()) =
+                        Arc::new(restored);
+                    metrics().count(
+                        "simrelay_rollbacks_total",
+                        "Automatic rollbacks of failing plugin versions.",
+                        &[("instance", &instance.name)],
+                    );
+                }
+            }
+            Err(cause) => error!("cannot roll back: {cause:#}"),
+        }
     }
 
     /// Queues `commit`, makes its writes visible to the next calls on the same stores, and
     /// releases the stores.
     fn queue_commit(
         &self,
-        instance: &Arc<Instance>,
-        guards: Vec<MutexGuard<'_, ()>>,
+        stores: Vec<Arc<StoreState>>,
+        guards: Vec<StoreGuard>,
         commit: Commit,
     ) -> Submitted {
         let writes = commit.kv.clone();
@@ -519,7 +908,7 @@ impl Relay {
         let mut layered = Vec::new();
         if let Some(sequence) = pending.sequence() {
             for (label, writes) in writes {
-                if let Some(store) = instance.stores.iter().find(|store| store.label == label) {
+                if let Some(store) = stores.iter().find(|store| store.label == label) {
                     store.push_unflushed(sequence, writes);
                     layered.push(store.clone());
                 }
@@ -529,35 +918,42 @@ impl Relay {
         Submitted {
             pending,
             layered,
-            instance: instance.clone(),
             retry_delivery: None,
         }
     }
 
     /// Hands what a commit added to the workers.
-    fn schedule(&self, instance: &Instance, committed: Committed) {
+    fn schedule(&self, committed: &Committed) {
         if committed.duplicate_deliveries > 0 {
             info!(
-                instance = %instance.name,
                 dropped = committed.duplicate_deliveries,
                 "dropped deliveries already asked for"
             );
         }
-        for (due, id) in committed.deliveries {
-            self.deliveries.schedule(due, id);
+        for (due, id) in &committed.deliveries {
+            self.deliveries.schedule(*due, *id);
         }
-        for (due, id, target) in committed.events {
-            match self.instance(&target) {
-                Some(target) => target.events.schedule(due, id),
+        for (due, id, target) in &committed.events {
+            match self.instance(target) {
+                Some(target) => target.events.schedule(*due, *id),
                 None => warn!(event = id, %target, "event kept: its target is not configured"),
             }
         }
     }
 }
 
-/// What serves `name` under `config` with `plugin`, after checking that the plugin's
-/// declared needs are met.
-fn activate(name: &str, config: &InstanceConfig, plugin: Arc<LoadedPlugin>) -> Result<Active> {
+/// A failed call's cause, as metrics name it.
+fn cause(error: &CallError) -> &'static str {
+    match error {
+        CallError::Plugin(_) => "plugin_error",
+        CallError::Trap(_) => "trap",
+        CallError::Deadline(_) => "deadline",
+        CallError::OutOfMemory(_) => "memory",
+    }
+}
+
+/// Checks that `plugin` gets what it declares it needs from `config`.
+fn check_needs(name: &str, config: &InstanceConfig, plugin: &LoadedPlugin) -> Result<()> {
     let descriptor = &plugin.descriptor;
     for spec in descriptor.settings.iter().filter(|spec| spec.required) {
         if !config.settings.contains_key(&spec.name) {
@@ -581,88 +977,84 @@ fn activate(name: &str, config: &InstanceConfig, plugin: Arc<LoadedPlugin>) -> R
             );
         }
     }
-    let secret_names: Vec<&str> = descriptor
-        .settings
-        .iter()
-        .filter(|spec| spec.secret)
-        .map(|spec| spec.name.as_str())
-        .collect();
-    let redactor = Redactor::new(
-        config
-            .settings
-            .iter()
-            .filter(|(key, _)| secret_names.contains(&key.as_str()) || looks_secret(key))
-            .map(|(_, value)| value.clone()),
-    );
-    let wants_ticks = descriptor.capabilities.contains(&Capability::Tick);
-    info!(
-        instance = %name,
-        plugin = %descriptor.name,
-        version = %descriptor.version,
-        api = %plugin.interface_version(),
-        "loaded plugin"
-    );
-    Ok(Active {
-        settings: config.settings.clone().into_iter().collect(),
-        shared_stores: config.stores.clone().into_iter().collect(),
-        forward_to: config.forward_to.clone(),
-        allow: AllowList::parse(&config.allow_hosts)
-            .with_context(|| format!("instances.{name}.allow_hosts"))?,
-        limits: config.limits.clone(),
-        retry: config.retry.clone(),
-        redactor,
-        tick_interval: wants_ticks
-            .then_some(config.tick_interval_secs.unwrap_or(60))
-            .map(Duration::from_secs),
-        plugin,
-    })
+    Ok(())
 }
 
-/// Feeds each instance its queued events, in order, while the instances run side by side.
-pub fn spawn_event_workers(relay: &Arc<Relay>) {
+/// Starts the workers of every instance.
+pub fn spawn_workers(relay: &Arc<Relay>) {
     for instance in relay.instances() {
-        let (relay, instance) = (relay.clone(), instance.clone());
-        tokio::spawn(async move {
-            loop {
-                let id = instance.events.next_due().await;
-                let (worker, target) = (relay.clone(), instance.clone());
-                // Calls block on wasm and the database; they belong on the blocking pool.
-                let Ok(Some(submitted)) =
-                    tokio::task::spawn_blocking(move || worker.submit_event(&target, id)).await
-                else {
-                    continue;
-                };
-                let relay = relay.clone();
-                // The next event may start while this one's commit reaches the disk.
-                tokio::task::spawn_blocking(move || {
-                    if let Err(error) = submitted.finish(&relay) {
-                        warn!(
-                            event = id,
-                            "cannot store the outcome of an event: {error:#}"
-                        );
-                    }
-                });
-            }
-        });
+        spawn_instance_workers(relay, &instance);
     }
 }
 
-/// Calls `on-tick` on every instance that asked for ticks.
-pub fn spawn_tickers(relay: &Arc<Relay>) {
-    for instance in relay.instances() {
-        let Some(interval) = instance.active().tick_interval else {
-            continue;
-        };
-        let relay = relay.clone();
-        let instance = instance.clone();
-        tokio::spawn(async move {
-            let mut timer = tokio::time::interval(interval);
-            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                timer.tick().await;
-                let (relay, instance) = (relay.clone(), instance.clone());
-                let _ = tokio::task::spawn_blocking(move || relay.tick(&instance)).await;
+/// Feeds the instance its queued events, in order, and calls its `on-tick` while it asks
+/// for ticks, until it is removed. Instances run side by side.
+pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
+    let (worker, target) = (relay.clone(), instance.clone());
+    tokio::spawn(async move {
+        loop {
+            let id = tokio::select! {
+                id = target.events.next_due() => id,
+                () = target.stopped() => return,
+            };
+            let (relay, instance) = (worker.clone(), target.clone());
+            // Calls block on wasm and the database; they belong on the blocking pool.
+            let Ok(Some(submitted)) =
+                tokio::task::spawn_blocking(move || relay.submit_event(&instance, id)).await
+            else {
+                continue;
+            };
+            let relay = worker.clone();
+            // The next event may start while this one's commit reaches the disk.
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = submitted.finish(&relay) {
+                    warn!(
+                        event = id,
+                        "cannot store the outcome of an event: {error:#}"
+                    );
+                }
+            });
+        }
+    });
+    let (relay, instance) = (relay.clone(), instance.clone());
+    tokio::spawn(async move {
+        loop {
+            // The interval may change with the version; idle instances look again later.
+            let interval = instance.active().tick_interval;
+            tokio::select! {
+                () = tokio::time::sleep(interval.unwrap_or(Duration::from_secs(5))) => {}
+                () = instance.stopped() => return,
             }
-        });
-    }
+            if interval.is_none() || instance.is_removed() {
+                continue;
+            }
+            let (relay, instance) = (relay.clone(), instance.clone());
+            let _ = tokio::task::spawn_blocking(move || relay.tick(&instance)).await;
+        }
+    });
+}
+
+/// Runs retention every minute, sooner while there is a backlog to compact.
+pub fn spawn_retention(relay: &Arc<Relay>, retention: Retention) {
+    let relay = relay.clone();
+    tokio::spawn(async move {
+        loop {
+            let (relay, retention) = (relay.clone(), retention.clone());
+            let more = tokio::task::spawn_blocking(move || relay.compact(&retention))
+                .await
+                .ok()
+                .and_then(|result| {
+                    result
+                        .map_err(|error| warn!("retention failed: {error:#}"))
+                        .ok()
+                })
+                .unwrap_or(false);
+            tokio::time::sleep(if more {
+                Duration::from_millis(100)
+            } else {
+                Duration::from_secs(60)
+            })
+            .await;
+        }
+    });
 }

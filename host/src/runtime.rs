@@ -382,26 +382,21 @@ impl Runtime {
     pub fn load(&self, path: &Path, limits: &Limits) -> Result<LoadedPlugin> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read plugin {}", path.display()))?;
-        self.load_named(&bytes, &path.display().to_string(), limits)
+        self.load_bytes(&bytes, limits)
+            .with_context(|| format!("plugin {}", path.display()))
     }
 
     /// Compiles (or takes from the cache), links and describes a plugin component given
     /// as bytes; any failure leaves nothing loaded.
     pub fn load_bytes(&self, bytes: &[u8], limits: &Limits) -> Result<LoadedPlugin> {
-        self.load_named(bytes, "component", limits)
-    }
-
-    fn load_named(&self, bytes: &[u8], name: &str, limits: &Limits) -> Result<LoadedPlugin> {
         let sha256 = hex(&Sha256::digest(bytes));
         let component = self
             .compile(bytes, &sha256)
-            .with_context(|| format!("{name} is not a valid WebAssembly component"))?;
-        let version = self
-            .interface_version(&component)
-            .with_context(|| format!("cannot load plugin {name}"))?;
+            .context("it is not a valid WebAssembly component")?;
+        let version = self.interface_version(&component)?;
         let pre = AdapterPre::new(&self.linker, &component, version)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("plugin {name} needs imports simrelay does not grant"))?;
+            .context("it needs imports simrelay does not grant")?;
         let (described, _) = self.run(
             &pre,
             Sandbox::new(&self.engine),
@@ -412,7 +407,7 @@ impl Runtime {
         let descriptor = described
             .result
             .map_err(|error| anyhow::anyhow!("{error}"))
-            .with_context(|| format!("plugin {name} failed to describe itself"))?;
+            .context("it failed to describe itself")?;
         Ok(LoadedPlugin {
             descriptor,
             pre,

@@ -273,6 +273,7 @@ pub async fn webhook(
     let path = head.uri.path().to_string();
     let method = head.method.to_string();
     let Some((instance, params)) = relay.route(&method, &path) else {
+        count_webhook("", StatusCode::NOT_FOUND.as_u16());
         return json_error(
             StatusCode::NOT_FOUND,
             &format!("no route for {method} {path}"),
@@ -288,6 +289,7 @@ pub async fn webhook(
             query: &query,
         };
         if !key_matches(key, active.settings(), &head) {
+            count_webhook(&instance.name, key.rejection.status);
             return reply(key.rejection.clone());
         }
     }
@@ -313,6 +315,7 @@ pub async fn webhook(
         headers,
         body,
     };
+    let instance_name = instance.name.clone();
     let handled = {
         let (relay, message_id, span) = (relay.clone(), message_id.clone(), span.clone());
         tokio::task::spawn_blocking(move || {
@@ -335,8 +338,17 @@ pub async fn webhook(
             )
         }
     };
+    count_webhook(&instance_name, response.status().as_u16());
     if let Ok(value) = HeaderValue::try_from(message_id) {
         response.headers_mut().insert(MESSAGE_ID_HEADER, value);
     }
     response
+}
+
+fn count_webhook(instance: &str, status: u16) {
+    crate::metrics::metrics().count(
+        "simrelay_webhooks_total",
+        "Webhooks answered, by instance (empty: no route) and status.",
+        &[("instance", instance), ("status", &status.to_string())],
+    );
 }

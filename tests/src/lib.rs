@@ -55,6 +55,9 @@ pub fn free_port() -> u16 {
 pub struct Host {
     child: Child,
     pub addr: SocketAddr,
+    /// The operator API's address.
+    pub admin: SocketAddr,
+    data_dir: PathBuf,
     log: PathBuf,
 }
 
@@ -77,12 +80,20 @@ impl Host {
         let config_path = dir.join("simrelay.toml");
         std::fs::write(&config_path, config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join(format!("simrelay-{}.log", addr.port()));
+        let data_dir = dir.join("data");
         let child = Command::new(simrelay_binary())
             .args(["serve", "--config"])
             .arg(&config_path)
-            .args(["--listen", &addr.to_string(), "--data-dir"])
-            .arg(dir.join("data"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .env("SIMRELAY_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -90,10 +101,16 @@ impl Host {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot run simrelay");
-        let mut host = Host { child, addr, log };
+        let mut host = Host {
+            child,
+            addr,
+            admin,
+            data_dir,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if host.ready().await {
                 return Ok(host);
             }
             if host.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
@@ -103,8 +120,72 @@ impl Host {
         }
     }
 
+    /// Whether the host serves: its operator API answers only once the relay runs.
+    async fn ready(&self) -> bool {
+        let Ok(token) = std::fs::read_to_string(self.data_dir.join("admin-token")) else {
+            return false;
+        };
+        let health = reqwest::Client::new()
+            .get(format!("{}/v1/health", self.admin_url()))
+            .bearer_auth(token.trim())
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        health.is_ok_and(|response| response.status().is_success())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The operator API's address, as the CLI's `--admin` takes it.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// The operator token the host made in its data directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("the host keeps its operator token in DATA_DIR/admin-token")
+            .trim()
+            .to_string()
+    }
+
+    /// Calls the operator API; returns the status and the JSON answer.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.admin_url()))
+            .bearer_auth(self.admin_token());
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .expect("the operator API did not answer");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the `simrelay` command line against this host; returns stdout, or stderr on
+    /// failure.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(simrelay_binary())
+            .args(args)
+            .args(["--admin", &self.admin_url(), "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .expect("cannot run simrelay");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     pub fn pid(&self) -> u32 {

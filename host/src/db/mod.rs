@@ -8,11 +8,14 @@
 
 mod faults;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use anyhow::{Context, Result};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -29,8 +32,19 @@ const DELIVERIES: TableDefinition<u64, &str> = TableDefinition::new("deliveries"
 const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending_deliveries");
 /// (instance, idempotency key) → delivery id.
 const DELIVERY_KEYS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery_keys");
+/// (when it finished, delivery id) for every delivered or dead delivery, oldest first:
+/// retention walks it from the start.
+const FINISHED: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished_deliveries");
 /// event id → JSON [`QueuedEvent`]; an event leaves once its target handled it.
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+/// (when it finished, delivery id) → (instance, idempotency key) of deliveries whose record
+/// retention removed, while their key still guards against a second delivery.
+const RETIRED_KEYS: TableDefinition<(u64, u64), (&str, &str)> =
+    TableDefinition::new("retired_delivery_keys");
+/// record id → JSON [`Observed`]: messages plugins reported, newest last.
+const MESSAGES: TableDefinition<u64, &str> = TableDefinition::new("messages");
+/// (reporting instance, device/port/iccid) → JSON [`Observed`]: the last status of each SIM.
+const SIMS: TableDefinition<(&str, &str), &str> = TableDefinition::new("sims");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// The environment variable that turns on [`faults::FaultyBackend`] for tests.
@@ -47,6 +61,84 @@ pub struct NewEvent {
     pub target: String,
     pub event: Event,
 }
+
+/// Something a plugin reported, as the host keeps it for operators.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Observed<T> {
+    pub at_ms: u64,
+    /// The instance whose plugin reported it.
+    pub instance: String,
+    pub message_id: String,
+    #[serde(flatten)]
+    pub what: T,
+}
+
+/// A filter over stored deliveries; `None` matches anything.
+#[derive(Default, Debug, serde::Deserialize)]
+pub struct DeliveryFilter {
+    pub state: Option<String>,
+    pub instance: Option<String>,
+    pub message_id: Option<String>,
+    /// Asked for at or after, ms since the epoch.
+    pub since_ms: Option<u64>,
+    /// Asked for before, ms since the epoch.
+    pub until_ms: Option<u64>,
+    /// At most this many, newest first (default 100).
+    pub limit: Option<usize>,
+}
+
+impl DeliveryFilter {
+    fn matches(&self, record: &DeliveryRecord) -> bool {
+        self.state
+            .as_deref()
+            .is_none_or(|state| state == record.state.name())
+            && self
+                .instance
+                .as_deref()
+                .is_none_or(|name| name == record.instance)
+            && self
+                .message_id
+                .as_deref()
+                .is_none_or(|id| id == record.message_id)
+            && self.since_ms.is_none_or(|since| record.created_ms >= since)
+            && self.until_ms.is_none_or(|until| record.created_ms < until)
+    }
+}
+
+/// How long finished work is kept (`[host.retention]`).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Delivered and dead deliveries, with their attempt logs.
+    pub deliveries_hours: f64,
+    /// Idempotency keys of finished deliveries: within this, a plugin asking again for a
+    /// key it used gets no second delivery. At least `deliveries_hours`.
+    pub dedupe_hours: f64,
+    /// The messages and SIM states plugins reported, kept for operators.
+    pub messages_hours: f64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            deliveries_hours: 7.0 * 24.0,
+            dedupe_hours: 30.0 * 24.0,
+            messages_hours: 7.0 * 24.0,
+        }
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Default, Debug, Serialize)]
+pub struct Compacted {
+    pub deliveries: usize,
+    pub delivery_keys: usize,
+    pub messages: usize,
+    pub sims: usize,
+}
+
+/// The most records one retention pass removes, so it never holds the writer for long.
+pub const COMPACT_BATCH: usize = 5_000;
 
 /// What happens to the input a call consumed.
 #[derive(Default)]
@@ -73,6 +165,10 @@ pub struct Commit {
     /// The newest queued commit whose writes the call read: the outcome is not durable
     /// before that commit is.
     pub read_unflushed: Option<u64>,
+    /// The events the call emitted, before fan-out, kept for operators.
+    pub observed: Vec<Event>,
+    /// Retention to run in the same queue of commits: the committer is the only writer.
+    pub compact: Option<(Retention, u64)>,
 }
 
 impl Commit {
@@ -80,6 +176,8 @@ impl Commit {
         self.kv.is_empty()
             && self.deliveries.is_empty()
             && self.events.is_empty()
+            && self.observed.is_empty()
+            && self.compact.is_none()
             && matches!(self.consumed, Consumed::Nothing)
     }
 }
@@ -93,6 +191,8 @@ pub struct Committed {
     pub events: Vec<(u64, u64, String)>,
     /// Deliveries dropped because the instance already had one with the same key.
     pub duplicate_deliveries: usize,
+    /// What retention removed, when the commit ran it.
+    pub compacted: Option<Compacted>,
 }
 
 type CommitJob = (u64, Commit, mpsc::SyncSender<Result<Committed, String>>);
@@ -211,6 +311,7 @@ fn run_committer(db: Arc<Database>, durability: Arc<Durability>, queue: mpsc::Re
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = (|| -> Result<Vec<Committed>> {
             let txn = db.begin_write()?;
             let committed = batch
@@ -221,6 +322,18 @@ fn run_committer(db: Arc<Database>, durability: Arc<Durability>, queue: mpsc::Re
             Ok(committed)
         })();
         let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
+        let metrics = crate::metrics::metrics();
+        metrics.batch(
+            "simrelay_commit_batch_size",
+            "Call outcomes per transaction.",
+            batch.len(),
+        );
+        metrics.latency(
+            "simrelay_commit_seconds",
+            "Time to write and fsync one transaction.",
+            &[],
+            started.elapsed(),
+        );
         match result {
             Ok(committed) => {
                 durability.update(|watermark| watermark.durable = last);
@@ -271,6 +384,10 @@ impl Db {
         txn.open_table(PENDING)?;
         txn.open_table(DELIVERY_KEYS)?;
         txn.open_table(EVENTS)?;
+        txn.open_table(FINISHED)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(SIMS)?;
+        txn.open_table(RETIRED_KEYS)?;
         migrate(&txn)?;
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
@@ -298,8 +415,14 @@ impl Db {
         Ok(table.get((label, key))?.map(|value| value.value().to_vec()))
     }
 
-    /// The label's keys after `cursor` (all when `None`), in order.
-    pub fn kv_keys(&self, label: &str, cursor: Option<&str>) -> Result<Vec<String>> {
+    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
+    /// order, and whether they are the last.
+    pub fn kv_keys(
+        &self,
+        label: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
         // Keys sort by label first: one label's keys run on from (label, "").
@@ -308,13 +431,17 @@ impl Db {
             let (key, _) = entry?;
             let (entry_label, entry_key) = key.value();
             if entry_label != label {
-                break;
+                return Ok((keys, true));
             }
-            if cursor != Some(entry_key) {
-                keys.push(entry_key.to_string());
+            if cursor == Some(entry_key) {
+                continue;
             }
+            if keys.len() == limit {
+                return Ok((keys, false));
+            }
+            keys.push(entry_key.to_string());
         }
-        Ok(keys)
+        Ok((keys, true))
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -371,6 +498,98 @@ impl Db {
         self.read_all(DELIVERIES)
     }
 
+    /// Deliveries matching `filter`, newest first.
+    pub fn find_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DELIVERIES)?;
+        let limit = filter.limit.unwrap_or(100);
+        let mut found = Vec::new();
+        for entry in table.iter()?.rev() {
+            let record: DeliveryRecord = parse(DELIVERIES.name(), entry?.1.value())?;
+            // Ids grow with time: once older than the window, everything after is too.
+            if filter
+                .since_ms
+                .is_some_and(|since| record.created_ms < since)
+            {
+                break;
+            }
+            if filter.matches(&record) {
+                found.push(record);
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Per instance: pending deliveries, and when the oldest of them was asked for.
+    pub fn pending_by_instance(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let txn = self.db.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        let deliveries = txn.open_table(DELIVERIES)?;
+        let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for entry in pending.iter()? {
+            let id = entry?.0.value();
+            if let Some(json) = deliveries.get(id)? {
+                let record: DeliveryRecord = parse(DELIVERIES.name(), json.value())?;
+                let count = counts.entry(record.instance).or_insert((0, u64::MAX));
+                count.0 += 1;
+                count.1 = count.1.min(record.created_ms);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// How many deliveries are pending, and how many finished ones are kept.
+    pub fn delivery_counts(&self) -> Result<(u64, u64)> {
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(PENDING)?.len()?,
+            txn.open_table(FINISHED)?.len()?,
+        ))
+    }
+
+    /// The latest messages plugins reported, newest first.
+    pub fn recent_messages(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<Observed<crate::model::ReceivedMessage>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
+        table
+            .iter()?
+            .rev()
+            .take(limit)
+            .map(|entry| parse(MESSAGES.name(), entry?.1.value()))
+            .collect()
+    }
+
+    /// Messages reported since `since_ms`, for rates.
+    pub fn messages_since(&self, since_ms: u64) -> Result<usize> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
+        let mut count = 0;
+        for entry in table.iter()?.rev() {
+            let observed: Observed<serde_json::Value> = parse(MESSAGES.name(), entry?.1.value())?;
+            if observed.at_ms < since_ms {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The last status of every SIM the plugins reported.
+    pub fn sims(&self) -> Result<Vec<Observed<crate::model::SimStatus>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SIMS)?;
+        table
+            .iter()?
+            .map(|entry| parse(SIMS.name(), entry?.1.value()))
+            .collect()
+    }
+
     pub fn queued_events(&self) -> Result<Vec<QueuedEvent>> {
         self.read_all(EVENTS)
     }
@@ -407,13 +626,20 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
     let mut counters = txn.open_table(COUNTERS)?;
     let schema = counters.get("schema")?.map_or(1, |value| value.value());
     if schema < 2 {
-        // Schema 2 indexes pending deliveries, so start-up no longer reads every delivery.
+        // Schema 2 indexes pending and finished deliveries, so start-up and retention no
+        // longer read every delivery.
         let deliveries = txn.open_table(DELIVERIES)?;
         let mut pending = txn.open_table(PENDING)?;
+        let mut finished = txn.open_table(FINISHED)?;
         for entry in deliveries.iter()? {
             let record: DeliveryRecord = parse(DELIVERIES.name(), entry?.1.value())?;
-            if let DeliveryState::Pending { next_attempt_ms } = record.state {
-                pending.insert(record.id, next_attempt_ms)?;
+            match record.state {
+                DeliveryState::Pending { next_attempt_ms } => {
+                    pending.insert(record.id, next_attempt_ms)?;
+                }
+                DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
+                    finished.insert((at_ms, record.id), ())?;
+                }
             }
         }
     }
@@ -424,91 +650,269 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
 /// Writes one call's outcome into the batch's transaction.
 fn apply(txn: &redb::WriteTransaction, commit: Commit) -> Result<Committed> {
     let mut committed = Committed::default();
-    let mut kv = txn.open_table(KV)?;
-    for (label, writes) in &commit.kv {
-        for (key, value) in writes.iter() {
-            match value {
-                Some(value) => kv.insert((label.as_str(), key.as_str()), value.as_slice())?,
-                None => kv.remove((label.as_str(), key.as_str()))?,
-            };
+    // Each table handle lives in its own block: redb opens a table once at a time.
+    {
+        let mut kv = txn.open_table(KV)?;
+        for (label, writes) in &commit.kv {
+            for (key, value) in writes.iter() {
+                match value {
+                    Some(value) => kv.insert((label.as_str(), key.as_str()), value.as_slice())?,
+                    None => kv.remove((label.as_str(), key.as_str()))?,
+                };
+            }
         }
     }
 
-    let mut counters = txn.open_table(COUNTERS)?;
-    let mut next_id = counters.get("next_id")?.map_or(1, |value| value.value());
+    let mut next_id = txn
+        .open_table(COUNTERS)?
+        .get("next_id")?
+        .map_or(1, |value| value.value());
     let mut allocate = || {
         next_id += 1;
         next_id - 1
     };
 
+    {
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut pending = txn.open_table(PENDING)?;
+        let mut keys = txn.open_table(DELIVERY_KEYS)?;
+        for delivery in commit.deliveries {
+            let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
+            if keys.get(unique)?.is_some() {
+                committed.duplicate_deliveries += 1;
+                continue;
+            }
+            let record = DeliveryRecord {
+                id: allocate(),
+                instance: commit.instance.clone(),
+                idempotency_key: delivery.idempotency_key.clone(),
+                message_id: commit.message_id.clone(),
+                request: delivery.request,
+                created_ms: commit.now_ms,
+                attempts: 0,
+                state: DeliveryState::Pending {
+                    next_attempt_ms: commit.now_ms,
+                },
+                last_result: None,
+                history: Vec::new(),
+            };
+            keys.insert(unique, record.id)?;
+            deliveries.insert(record.id, json(&record)?.as_str())?;
+            pending.insert(record.id, commit.now_ms)?;
+            committed.deliveries.push((commit.now_ms, record.id));
+        }
+    }
+
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        for event in commit.events {
+            let queued = QueuedEvent {
+                id: allocate(),
+                source: commit.instance.clone(),
+                target: event.target,
+                message_id: commit.message_id.clone(),
+                event: event.event,
+                attempts: 0,
+                next_attempt_ms: commit.now_ms,
+                last_error: None,
+                created_ms: commit.now_ms,
+            };
+            events.insert(queued.id, json(&queued)?.as_str())?;
+            committed
+                .events
+                .push((commit.now_ms, queued.id, queued.target));
+        }
+        match &commit.consumed {
+            Consumed::EventHandled(id) => {
+                events.remove(*id)?;
+            }
+            Consumed::EventFailed(queued) => {
+                events.insert(queued.id, json(queued)?.as_str())?;
+            }
+            Consumed::Nothing | Consumed::DeliveryUpdated(_) => {}
+        }
+    }
+    if let Consumed::DeliveryUpdated(record) = &commit.consumed {
+        store_delivery(txn, record)?;
+    }
+    if let Some((retention, now_ms)) = &commit.compact {
+        committed.compacted = Some(compact(txn, retention, *now_ms)?);
+    }
+    txn.open_table(COUNTERS)?.insert("next_id", next_id)?;
+    observe(
+        txn,
+        &commit.instance,
+        &commit.message_id,
+        commit.now_ms,
+        commit.observed,
+    )?;
+    Ok(committed)
+}
+
+/// Writes a delivery's record and keeps the pending and finished indexes in step.
+fn store_delivery(txn: &redb::WriteTransaction, record: &DeliveryRecord) -> Result<()> {
     let mut deliveries = txn.open_table(DELIVERIES)?;
     let mut pending = txn.open_table(PENDING)?;
-    let mut keys = txn.open_table(DELIVERY_KEYS)?;
-    for delivery in commit.deliveries {
-        let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
-        if keys.get(unique)?.is_some() {
-            committed.duplicate_deliveries += 1;
-            continue;
+    let mut finished = txn.open_table(FINISHED)?;
+    if let Some(old) = deliveries.get(record.id)? {
+        let old: DeliveryRecord = parse(DELIVERIES.name(), old.value())?;
+        if let DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } = old.state {
+            finished.remove((at_ms, old.id))?;
         }
-        let record = DeliveryRecord {
-            id: allocate(),
-            instance: commit.instance.clone(),
-            idempotency_key: delivery.idempotency_key.clone(),
-            message_id: commit.message_id.clone(),
-            request: delivery.request,
-            created_ms: commit.now_ms,
-            attempts: 0,
-            state: DeliveryState::Pending {
-                next_attempt_ms: commit.now_ms,
-            },
-            last_result: None,
-            history: Vec::new(),
-        };
-        keys.insert(unique, record.id)?;
-        deliveries.insert(record.id, json(&record)?.as_str())?;
-        pending.insert(record.id, commit.now_ms)?;
-        committed.deliveries.push((commit.now_ms, record.id));
     }
-
-    let mut events = txn.open_table(EVENTS)?;
-    for event in commit.events {
-        let queued = QueuedEvent {
-            id: allocate(),
-            source: commit.instance.clone(),
-            target: event.target,
-            message_id: commit.message_id.clone(),
-            event: event.event,
-            attempts: 0,
-            next_attempt_ms: commit.now_ms,
-            last_error: None,
-            created_ms: commit.now_ms,
-        };
-        events.insert(queued.id, json(&queued)?.as_str())?;
-        committed
-            .events
-            .push((commit.now_ms, queued.id, queued.target));
+    match &record.state {
+        DeliveryState::Pending { next_attempt_ms } => {
+            pending.insert(record.id, *next_attempt_ms)?;
+        }
+        DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
+            pending.remove(record.id)?;
+            finished.insert((*at_ms, record.id), ())?;
+        }
     }
+    deliveries.insert(record.id, json(record)?.as_str())?;
+    Ok(())
+}
 
-    match commit.consumed {
-        Consumed::Nothing => {}
-        Consumed::EventHandled(id) => {
-            events.remove(id)?;
-        }
-        Consumed::EventFailed(queued) => {
-            events.insert(queued.id, json(&queued)?.as_str())?;
-        }
-        Consumed::DeliveryUpdated(record) => {
-            match record.state {
-                DeliveryState::Pending { next_attempt_ms } => {
-                    pending.insert(record.id, next_attempt_ms)?
+/// Removes what `retention` no longer keeps, at most [`COMPACT_BATCH`] records of a kind.
+fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> Result<Compacted> {
+    let age_ms = |hours: f64| (hours.max(0.0) * 3_600_000.0) as u64;
+    let delivery_cutoff = now_ms.saturating_sub(age_ms(retention.deliveries_hours));
+    let key_cutoff = now_ms.saturating_sub(age_ms(
+        retention.dedupe_hours.max(retention.deliveries_hours),
+    ));
+    let message_cutoff = now_ms.saturating_sub(age_ms(retention.messages_hours));
+    let mut compacted = Compacted::default();
+    {
+        let mut finished = txn.open_table(FINISHED)?;
+        let mut deliveries = txn.open_table(DELIVERIES)?;
+        let mut keys = txn.open_table(DELIVERY_KEYS)?;
+        let mut retired = txn.open_table(RETIRED_KEYS)?;
+        let old: Vec<(u64, u64)> = finished
+            .range(..(delivery_cutoff, 0))?
+            .take(COMPACT_BATCH)
+            .map(|entry| entry.map(|(key, _)| key.value()))
+            .collect::<Result<_, _>>()?;
+        for (finished_ms, id) in old {
+            finished.remove((finished_ms, id))?;
+            if let Some(json) = deliveries.remove(id)? {
+                let record: DeliveryRecord = parse(DELIVERIES.name(), json.value())?;
+                let key = (record.instance.as_str(), record.idempotency_key.as_str());
+                if finished_ms < key_cutoff {
+                    keys.remove(key)?;
+                    compacted.delivery_keys += 1;
+                } else {
+                    retired.insert((finished_ms, id), key)?;
                 }
-                _ => pending.remove(record.id)?,
-            };
-            deliveries.insert(record.id, json(&record)?.as_str())?;
+                compacted.deliveries += 1;
+            }
+        }
+        let expired: Vec<((u64, u64), (String, String))> = retired
+            .range(..(key_cutoff, 0))?
+            .take(COMPACT_BATCH)
+            .map(|entry| {
+                entry.map(|(at, key)| {
+                    let (instance, key) = key.value();
+                    (at.value(), (instance.to_string(), key.to_string()))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for (at, (instance, key)) in expired {
+            retired.remove(at)?;
+            keys.remove((instance.as_str(), key.as_str()))?;
+            compacted.delivery_keys += 1;
         }
     }
-    counters.insert("next_id", next_id)?;
-    Ok(committed)
+    {
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut old = Vec::new();
+        for entry in messages.iter()?.take(COMPACT_BATCH) {
+            let (id, json) = entry?;
+            let observed: Observed<serde_json::Value> = parse(MESSAGES.name(), json.value())?;
+            if observed.at_ms >= message_cutoff {
+                break;
+            }
+            old.push(id.value());
+        }
+        for id in old {
+            messages.remove(id)?;
+            compacted.messages += 1;
+        }
+        let mut sims = txn.open_table(SIMS)?;
+        let mut gone = Vec::new();
+        for entry in sims.iter()? {
+            let (key, json) = entry?;
+            let observed: Observed<serde_json::Value> = parse(SIMS.name(), json.value())?;
+            if observed.at_ms < message_cutoff {
+                let (instance, sim) = key.value();
+                gone.push((instance.to_string(), sim.to_string()));
+            }
+        }
+        for (instance, sim) in gone {
+            sims.remove((instance.as_str(), sim.as_str()))?;
+            compacted.sims += 1;
+        }
+    }
+    Ok(compacted)
+}
+
+/// Keeps the messages and SIM states a call reported, for operators.
+fn observe(
+    txn: &redb::WriteTransaction,
+    instance: &str,
+    message_id: &str,
+    at_ms: u64,
+    events: Vec<Event>,
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut messages = txn.open_table(MESSAGES)?;
+    let mut sims = txn.open_table(SIMS)?;
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut next = counters
+        .get("next_message")?
+        .map_or(1, |value| value.value());
+    fn observed<T: Serialize>(
+        at_ms: u64,
+        instance: &str,
+        message_id: &str,
+        what: T,
+    ) -> Result<String> {
+        json(&Observed {
+            at_ms,
+            instance: instance.to_string(),
+            message_id: message_id.to_string(),
+            what,
+        })
+    }
+    for event in events {
+        match event {
+            Event::MessageReceived(message) => {
+                let record = observed(at_ms, instance, message_id, message)?;
+                messages.insert(next, record.as_str())?;
+                next += 1;
+            }
+            Event::SimStatusChanged(status) => {
+                let sim = sim_key(&status);
+                let record = observed(at_ms, instance, message_id, status)?;
+                sims.insert((instance, sim.as_str()), record.as_str())?;
+            }
+            _ => {}
+        }
+    }
+    counters.insert("next_message", next)?;
+    Ok(())
+}
+
+/// A SIM's place: device, port and card.
+fn sim_key(status: &crate::model::SimStatus) -> String {
+    let part = |value: &Option<String>| value.clone().unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        part(&status.device),
+        part(&status.port),
+        part(&status.iccid)
+    )
 }
 
 fn json(record: &impl Serialize) -> Result<String> {
@@ -598,7 +1002,10 @@ mod tests {
             Some(&b"from ab"[..])
         );
         assert_eq!(db.kv_get("b", "k").unwrap(), None);
-        assert_eq!(db.kv_keys("a", None).unwrap(), ["k"]);
+        assert_eq!(
+            db.kv_keys("a", None, 10).unwrap(),
+            (vec!["k".to_string()], true)
+        );
     }
 
     #[test]
@@ -611,8 +1018,11 @@ mod tests {
             &[],
         ))
         .unwrap();
-        assert_eq!(db.kv_keys("a", Some("1")).unwrap(), ["2", "3"]);
-        assert_eq!(db.kv_keys("a", Some("10")).unwrap(), ["2", "3"]);
+        let keys = |cursor, limit| db.kv_keys("a", cursor, limit).unwrap();
+        assert_eq!(keys(Some("1"), 10), (vec!["2".into(), "3".into()], true));
+        assert_eq!(keys(Some("10"), 10), (vec!["2".into(), "3".into()], true));
+        assert_eq!(keys(None, 2), (vec!["1".into(), "2".into()], false));
+        assert_eq!(keys(Some("2"), 1), (vec!["3".into()], true));
     }
 
     #[test]

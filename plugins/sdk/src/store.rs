@@ -138,11 +138,28 @@ impl KeyValue for WasiStore {
     }
     fn keys(&self, prefix: &str) -> Result<Vec<String>, String> {
         let mut keys = Vec::new();
-        let mut cursor = None;
+        // Keys after the prefix itself: a store that lists in order (the simrelay host's)
+        // starts right at the prefix's keys; one that ignores cursors lists them all.
+        if !prefix.is_empty() && self.exists(prefix)? {
+            keys.push(prefix.to_string());
+        }
+        let mut cursor = (!prefix.is_empty()).then(|| prefix.to_string());
         loop {
             let page = self.bucket.list_keys(cursor.as_deref()).map_err(describe)?;
-            keys.extend(page.keys.into_iter().filter(|key| key.starts_with(prefix)));
+            let in_order = page.keys.is_sorted();
+            let past = in_order
+                && page
+                    .keys
+                    .last()
+                    .is_some_and(|last| last.as_str() > prefix && !last.starts_with(prefix));
+            keys.extend(
+                page.keys
+                    .into_iter()
+                    .filter(|key| key.starts_with(prefix) && key.as_str() != prefix),
+            );
             match page.cursor {
+                // Listed in order and past the prefix's keys: none of the rest can match.
+                Some(_) if past => return Ok(keys),
                 Some(next) => cursor = Some(next),
                 None => return Ok(keys),
             }
