@@ -137,7 +137,11 @@ impl BodyBudget {
         &self,
         body: Incoming,
     ) -> Result<(Vec<u8>, OwnedSemaphorePermit), Response<Body>> {
-        let mut bytes = Vec::new();
+        // Sized once from Content-Length (within the limit), so a body never costs the
+        // doubling of a growing buffer; pages are touched only as the bytes arrive.
+        let announced = hyper::body::Body::size_hint(&body).lower();
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(announced).map_or(0, |len| len.min(self.max_body)));
         let mut held: Option<OwnedSemaphorePermit> = None;
         let read = async {
             let mut body = body;

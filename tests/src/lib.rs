@@ -77,6 +77,13 @@ impl Host {
 
     /// Like [`Host::start`], but a host that exits instead returns its log.
     pub async fn try_start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Host, String> {
+        let mut host = Self::spawn(dir, config, env);
+        host.wait_ready(Duration::from_secs(60)).await?;
+        Ok(host)
+    }
+
+    /// Runs the host without waiting for it to serve.
+    pub fn spawn(dir: &Path, config: &str, env: &[(&str, &str)]) -> Host {
         let config_path = dir.join("simrelay.toml");
         std::fs::write(&config_path, config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -101,20 +108,25 @@ impl Host {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("cannot run simrelay");
-        let mut host = Host {
+        Host {
             child,
             addr,
             admin,
             data_dir,
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        }
+    }
+
+    /// Waits until the host serves; a host that exits first, or is not serving after
+    /// `timeout`, returns its log.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if host.ready().await {
-                return Ok(host);
+            if self.ready().await {
+                return Ok(());
             }
-            if host.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                return Err(host.logs());
+            if self.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                return Err(self.logs());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -195,6 +207,31 @@ impl Host {
     /// Whether the process has ended.
     pub fn exited(&mut self) -> bool {
         self.child.try_wait().unwrap().is_some()
+    }
+
+    /// The exit code, once the process has ended within `timeout`.
+    pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process's resident memory, in MiB, from `/proc`.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib / 1024.0
     }
 
     /// Everything the host logged so far.

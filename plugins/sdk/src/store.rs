@@ -145,7 +145,15 @@ impl KeyValue for WasiStore {
         }
         let mut cursor = (!prefix.is_empty()).then(|| prefix.to_string());
         loop {
-            let page = self.bucket.list_keys(cursor.as_deref()).map_err(describe)?;
+            let page = match self.bucket.list_keys(cursor.as_deref()) {
+                Ok(page) => page,
+                // A store that hands out its own cursors only (Spin's) refuses ours: list
+                // everything from the start instead.
+                Err(_) if cursor.as_deref() == Some(prefix) => {
+                    self.bucket.list_keys(None).map_err(describe)?
+                }
+                Err(error) => return Err(describe(error)),
+            };
             let in_order = page.keys.is_sorted();
             let past = in_order
                 && page
