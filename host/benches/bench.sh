@@ -10,7 +10,10 @@
 #      the backlog when wrk stops, and how long it takes to drain;
 #   4. webhook-to-push latency, p50 and p99, at a steady half of the peak rate;
 #   5. resident memory: idle with the default plugins (examples/simrelay.toml), and after
-#      the load.
+#      the load;
+#   6. hot swap: the time from uploading a plugin to its serving, new (compiled on upload)
+#      and precompiled (in DATA_DIR/compiled), and webhooks/s while the Ejoin plugin is
+#      swapped every half second against the same run without swaps.
 # The two servers run alternately, `rounds` times each, and every round is reported.
 # Usage: host/benches/bench.sh [seconds per run, default 10] [rounds, default 2]
 # Needs: cargo, python3, curl; installs wrk (Debian) and wasmtime-cli (crates.io, into
@@ -78,6 +81,7 @@ hello_port=18311
 host_port=18312
 mock_port=18313
 idle_port=18314
+admin_port=18315
 
 "$chain" mock "127.0.0.1:$mock_port" &
 pids+=($!)
@@ -87,7 +91,7 @@ wait_http "http://127.0.0.1:$mock_port/stats"
 EJOIN_API_KEY=idle SMSBOWER_API_KEY=idle SMSBOWER_BASE_URL="http://127.0.0.1:$mock_port" \
   ONLINESIM_API_KEY=idle ONLINESIM_PUSH_URL="http://127.0.0.1:$mock_port/push" SIMRELAY_LOG=warn \
   "$simrelay" serve --config examples/simrelay.toml --listen "127.0.0.1:$idle_port" \
-  --data-dir "$work/idle" &
+  --admin-listen "127.0.0.1:$admin_port" --data-dir "$work/idle" &
 idle_pid=$!
 pids+=($idle_pid)
 wait_http "http://127.0.0.1:$idle_port/"
@@ -125,7 +129,7 @@ TOML
 
 start_simrelay() { # data dir
   SIMRELAY_LOG=warn "$simrelay" serve --config "$work/simrelay.toml" \
-    --listen "127.0.0.1:$host_port" --data-dir "$1" &
+    --listen "127.0.0.1:$host_port" --admin-listen "127.0.0.1:$admin_port" --data-dir "$1" &
   host_pid=$!
   pids+=($host_pid)
   wait_http "http://127.0.0.1:$host_port/"
@@ -210,6 +214,77 @@ print(json.dumps({
 PY
 done
 
+# --- 6. hot swap ------------------------------------------------------------------------
+# Variants of the Ejoin plugin that behave the same but hash differently: the component
+# with one more custom section.
+variant() { # tag: writes $work/ejoin-TAG.wasm
+  python3 - "$wasm/simrelay_ejoin.wasm" "$1" "$work/ejoin-$1.wasm" <<'PY'
+import sys
+src, tag, dst = sys.argv[1:]
+def leb(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+name = b"simrelay-bench"
+payload = leb(len(name)) + name + tag.encode()
+open(dst, "wb").write(open(src, "rb").read() + b"\x00" + leb(len(payload)) + payload)
+PY
+}
+install_ms() { # file: ms from the start of the upload to the answer, when it serves
+  curl -sf -o /dev/null -w '%{time_total}' -X POST -H "authorization: Bearer $admin_token" \
+    --data-binary @"$1" "http://127.0.0.1:$admin_port/v1/instances/ejoin/plugin" |
+    awk '{ printf "%.0f", $1 * 1000 }'
+}
+for tag in a b c d; do variant $tag; done
+log "hot swap: upload to serving"
+start_simrelay "$work/swap"
+admin_token=$(cat "$work/swap/admin-token")
+new_a=$(install_ms "$work/ejoin-a.wasm")
+new_b=$(install_ms "$work/ejoin-b.wasm")
+pre_a=$(install_ms "$work/ejoin-a.wasm")
+pre_b=$(install_ms "$work/ejoin-b.wasm")
+wrk_run "no-swap" -s host/benches/load/unique-sms.lua "http://127.0.0.1:$host_port/api/$key/webhook"
+kill $host_pid; wait $host_pid 2>/dev/null || true
+log "hot swap: webhooks/s while swapping every 0.5 s"
+start_simrelay "$work/swapping"
+admin_token=$(cat "$work/swapping/admin-token")
+for tag in a b c d; do install_ms "$work/ejoin-$tag.wasm" >/dev/null; done
+: > "$out/swap-times.txt"
+(
+  end=$((SECONDS + seconds))
+  n=0
+  while [ $SECONDS -lt $end ]; do
+    install_ms "$work/ejoin-$(echo a b c d | cut -d' ' -f$((n % 4 + 1))).wasm" >> "$out/swap-times.txt"
+    echo >> "$out/swap-times.txt"
+    n=$((n + 1))
+    sleep 0.5
+  done
+) &
+swapper=$!
+wrk_run "swap" -s host/benches/load/unique-sms.lua "http://127.0.0.1:$host_port/api/$key/webhook"
+wait $swapper
+kill $host_pid; wait $host_pid 2>/dev/null || true
+python3 - "$out" "$new_a" "$new_b" "$pre_a" "$pre_b" > "$out/swap.json" <<'PY'
+import json, re, sys
+out, new_a, new_b, pre_a, pre_b = sys.argv[1:]
+def wrk(name):
+    text = open(f"{out}/wrk-{name}.txt").read()
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+            "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else "none",
+            "p99": dict(re.findall(r"^\s+(99)%\s+(\S+)", text, re.M)).get("99", "?")}
+swaps = [int(line) for line in open(f"{out}/swap-times.txt").read().split() if line.strip()]
+print(json.dumps({"new_ms": [int(new_a), int(new_b)], "precompiled_ms": [int(pre_a), int(pre_b)],
+                  "no_swap": wrk("no-swap"), "swapping": wrk("swap"), "swaps": len(swaps),
+                  "swap_ms": sorted(swaps)}))
+PY
+cat "$out/swap.json" >&2
+
 # --- report -----------------------------------------------------------------------------
 python3 - "$out" "$idle_rss" "$seconds" "$rounds" <<'PY'
 import datetime, json, platform, re, subprocess, sys
@@ -274,6 +349,21 @@ lines += [
     f"instances) {float(idle_rss):.1f} MB; the load configuration after start-up "
     f"{span([r['idle_rss_mb'] for r in rows], '{:.1f}')} MB and after the load "
     f"{span([r['loaded_rss_mb'] for r in rows], '{:.1f}')} MB.",
+]
+swap = json.load(open(f"{out}/swap.json"))
+sw, ns = swap["swapping"], swap["no_swap"]
+lines += [
+    "",
+    "| hot swap of the Ejoin plugin (`POST /v1/instances/ejoin/plugin`, upload to serving) | time |",
+    "|---|---|",
+    f"| a new plugin (compiled on upload) | {' / '.join(str(v) for v in swap['new_ms'])} ms |",
+    f"| a precompiled plugin (in `DATA_DIR/compiled`) | {' / '.join(str(v) for v in swap['precompiled_ms'])} ms |",
+    "",
+    "| webhooks acknowledged | requests/s | not 2xx | socket errors | p99 |",
+    "|---|---|---|---|---|",
+    f"| no swap (reference) | {ns['rps']:,.0f} | {ns['non2xx']} | {ns['socket_errors']} | {ns['p99']} |",
+    f"| {swap['swaps']} swaps, one every 0.5 s (each {min(swap['swap_ms'], default=0)}–{max(swap['swap_ms'], default=0)} ms) "
+    f"| {sw['rps']:,.0f} ({sw['rps'] / ns['rps']:.2f}×) | {sw['non2xx']} | {sw['socket_errors']} | {sw['p99']} |",
 ]
 report = "\n".join(lines) + "\n"
 open(f"{out}/report.md", "w").write(report)

@@ -71,4 +71,24 @@ mod tests {
         assert_eq!(queue.next_due().await, 3);
         assert!(crate::now_ms() >= now + 30);
     }
+
+    #[tokio::test]
+    async fn an_earlier_item_wakes_a_waiter_and_a_late_schedule_is_not_missed() {
+        let queue = std::sync::Arc::new(DueQueue::default());
+        let now = crate::now_ms();
+        queue.schedule(now + 3_600_000, 2);
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next_due().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        queue.schedule(now, 1);
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(woken.unwrap().unwrap(), 1);
+
+        // Scheduled while nobody waits, and already past due: handed out at once.
+        queue.schedule(now.saturating_sub(1_000), 3);
+        let next = tokio::time::timeout(Duration::from_secs(5), queue.next_due()).await;
+        assert_eq!(next.unwrap(), 3);
+    }
 }

@@ -239,6 +239,15 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Asks the host to stop, as `systemctl stop` would (SIGTERM).
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success());
+    }
+
     /// Ends the host at once, as a crash or power loss would.
     pub fn kill(mut self) -> String {
         let _ = self.child.kill();

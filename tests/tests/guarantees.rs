@@ -328,3 +328,57 @@ async fn hostile_clients_neither_exhaust_memory_nor_block_a_gateway() {
          webhook served in {served_in:?} meanwhile"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_under_load_loses_nothing_and_logs_no_false_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1);
+    let mut host = Host::start(dir.path(), &config).await;
+    open_sample_activation(&host).await;
+
+    // 300 distinct SMS in flight from 16 senders when the stop comes.
+    let url = ejoin_url(&host);
+    let senders: Vec<_> = (0..16)
+        .map(|sender| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut acknowledged = Vec::new();
+                for n in (sender..300).step_by(16) {
+                    let body = format!(
+                        r#"{{"type":"recv-sms","sms":[[0,"1.01",{},"BankInfo","{SAMPLE_NUMBER}","U3RvcCB0ZXN0"]]}}"#,
+                        1_700_000_000 + n
+                    );
+                    let answer = client.post(&url).body(body).send().await;
+                    if answer.is_ok_and(|answer| answer.status() == 200) {
+                        acknowledged.push(n);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.terminate();
+    let mut acknowledged = 0;
+    for sender in senders {
+        acknowledged += sender.await.unwrap().len();
+    }
+    assert_eq!(
+        host.exit_code(Duration::from_secs(20)).await,
+        Some(0),
+        "{}",
+        host.logs()
+    );
+    let logs = host.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert!(acknowledged > 0, "the stop came before any SMS");
+
+    // Whatever was acknowledged is pushed, after a restart if the stop came first.
+    let _host = Host::start(dir.path(), &config).await;
+    smsbower
+        .wait_for_pushes(Duration::from_secs(30), acknowledged)
+        .await;
+    eprintln!("graceful stop: {acknowledged} of 300 SMS acknowledged, all pushed");
+}
