@@ -485,7 +485,11 @@ async fn concurrent_get_number_never_sells_a_number_twice() {
     .await;
 
     let calls = (0..CALLERS).map(|n| {
-        let route = if n % 2 == 0 { BOWER } else { ONLINESIM };
+        let route = if n.is_multiple_of(2) {
+            BOWER
+        } else {
+            ONLINESIM
+        };
         let host = &host;
         async move {
             let (status, answer) = marketplace(host, route, number_request(route, "tg", &[])).await;
