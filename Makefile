@@ -73,6 +73,11 @@ BENCH_ROUNDS ?= 2
 bench:
 	host/benches/bench.sh $(BENCH_SECONDS) $(BENCH_ROUNDS)
 
+# GET_NUMBER latency through the running host, 500 SIMs, 16 callers (BENCHMARKS.md).
+.PHONY: bench-get-number
+bench-get-number: host plugins
+	$(CARGO) bench -p simrelay-e2e --bench get_number
+
 lint: wasm-target lint-spin
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

@@ -462,6 +462,69 @@ instance = "smsbower"
     )
 }
 
+/// Where the mock Onlinesim takes `PUSH_SMS` (Onlinesim's partner support gives the real
+/// address).
+pub const ONLINESIM_PUSH_PATH: &str = "/v1/PUSH_SMS";
+
+/// The example configuration's wiring for one farm sold on two marketplaces: ejoin feeds
+/// smsbower and onlinesim, both granted the store `farm` as their `inventory`, each pointed
+/// at its own mock. `extra_settings` go into both marketplaces' settings (e.g.
+/// `offer_cap = "1000"`).
+pub fn ejoin_to_both_marketplaces_config(
+    smsbower_base_url: &str,
+    onlinesim_base_url: &str,
+    retry_interval_secs: u32,
+    extra_settings: &str,
+) -> String {
+    let extra = if extra_settings.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra_settings}")
+    };
+    format!(
+        r#"
+[instances.ejoin]
+plugin = "{ejoin}"
+forward_to = ["smsbower", "onlinesim"]
+tick_interval_secs = 1
+settings = {{ api_key = "{EJOIN_KEY}" }}
+
+[instances.smsbower]
+plugin = "{smsbower}"
+allow_hosts = ["{smsbower_base_url}"]
+stores = {{ inventory = "farm" }}
+tick_interval_secs = 60
+retry = {{ schedule = "fixed", interval_secs = 1, jitter = 0.0 }}
+settings = {{ api_key = "{SMSBOWER_KEY}", base_url = "{smsbower_base_url}", retry_interval_secs = "{retry_interval_secs}", services = ["tg", "wa"]{extra} }}
+
+[instances.onlinesim]
+plugin = "{onlinesim}"
+allow_hosts = ["{onlinesim_base_url}"]
+stores = {{ inventory = "farm" }}
+retry = {{ schedule = "fixed", interval_secs = 1, jitter = 0.0 }}
+settings = {{ api_key = "{ONLINESIM_KEY}", push_url = "{onlinesim_base_url}{ONLINESIM_PUSH_PATH}", retry_interval_secs = "{retry_interval_secs}", services = ["tg", "wa"]{extra} }}
+
+[[routes]]
+path = "/api/{{key}}/webhook"
+method = "POST"
+instance = "ejoin"
+
+[[routes]]
+path = "/smsbower"
+method = "POST"
+instance = "smsbower"
+
+[[routes]]
+path = "/onlinesim"
+method = "POST"
+instance = "onlinesim"
+"#,
+        ejoin = plugin_path("ejoin").display(),
+        smsbower = plugin_path("smsbower").display(),
+        onlinesim = plugin_path("onlinesim").display(),
+    )
+}
+
 /// The `recv-sms` sample from the provider document.
 pub const RECV_SMS_SAMPLE: &str = r#"{
     "type": "recv-sms",

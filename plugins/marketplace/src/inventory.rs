@@ -184,7 +184,10 @@ fn state_name(state: SimState) -> &'static str {
 }
 
 /// Records a gateway's SIM status. Any other card last seen in the same port was removed or
-/// swapped: it goes off the market at once.
+/// swapped: it goes off the market at once. A status that names no device (Ejoin's
+/// `port-status` may carry no `mac`) is about that port on whichever gateway sent it, so it
+/// reaches the port on every device; one that names its device also overrides what such
+/// statuses said about its port.
 pub fn record_status(shared: &dyn KeyValue, status: &SimStatus, now_ms: u64) -> Result<(), String> {
     let record = SimRecord::from_status(status, now_ms);
     if record.id.is_empty() {
@@ -199,7 +202,7 @@ pub fn record_status(shared: &dyn KeyValue, status: &SimStatus, now_ms: u64) -> 
     if record.id.device.is_none() && record.id.port.is_none() {
         return Ok(());
     }
-    for other_key in shared.keys(&record.id.port_prefix())? {
+    for other_key in same_port_keys(shared, &record.id)? {
         if other_key == key {
             continue;
         }
@@ -217,6 +220,28 @@ pub fn record_status(shared: &dyn KeyValue, status: &SimStatus, now_ms: u64) -> 
         }
     }
     Ok(())
+}
+
+/// The records of every card last seen in the port `id` names: on its device and on none, or
+/// on every device when `id` names none, since a report without a device may come from any
+/// gateway. Without a port nothing ties a status to cards reported without a device.
+fn same_port_keys(shared: &dyn KeyValue, id: &SimId) -> Result<Vec<String>, String> {
+    let mut keys = shared.keys(&id.port_prefix())?;
+    match (&id.device, &id.port) {
+        (Some(_), Some(_)) => {
+            let deviceless = SimId {
+                device: None,
+                ..id.clone()
+            };
+            keys.extend(shared.keys(&deviceless.port_prefix())?);
+        }
+        (None, Some(_)) => keys.extend(shared.keys(SIM_PREFIX)?.into_iter().filter(|key| {
+            SimId::from_sim_key(key)
+                .is_some_and(|other| other.device.is_some() && other.port == id.port)
+        })),
+        _ => {}
+    }
+    Ok(keys)
 }
 
 fn encode(record: &SimRecord) -> Vec<u8> {
@@ -477,6 +502,43 @@ pub(crate) mod tests {
         let mut empty = status("1.01", "", "", SimState::NoSim);
         empty.iccid = None;
         record_status(&store, &empty, 3).unwrap();
+        assert_eq!(numbers(&store, &settings), ["79001234568"]);
+    }
+
+    /// Ejoin's `port-status` may name no device: the card the gateway reported in that port
+    /// leaves the market all the same, and a later report naming the device wins again.
+    #[test]
+    fn a_status_naming_no_device_reaches_the_port_on_every_device() {
+        let store = MemoryStore::default();
+        let settings = settings(&[]);
+        record_status(
+            &store,
+            &status("1.01", "8970", "+79001234567", SimState::Registered),
+            1,
+        )
+        .unwrap();
+        record_status(
+            &store,
+            &status("1.02", "8971", "+79001234568", SimState::Registered),
+            1,
+        )
+        .unwrap();
+        let mut failed = status("1.01", "", "", SimState::RegistrationFailed);
+        (failed.device, failed.iccid, failed.number) = (None, None, None);
+        record_status(&store, &failed, 2).unwrap();
+        assert_eq!(numbers(&store, &settings), ["79001234568"]);
+
+        // Registered again, reported without the device, then failing as its device says.
+        let mut back = status("1.01", "8970", "+79001234567", SimState::Registered);
+        back.device = None;
+        record_status(&store, &back, 3).unwrap();
+        assert_eq!(numbers(&store, &settings), ["79001234567", "79001234568"]);
+        record_status(
+            &store,
+            &status("1.01", "8970", "+79001234567", SimState::SimError),
+            4,
+        )
+        .unwrap();
         assert_eq!(numbers(&store, &settings), ["79001234568"]);
     }
 
