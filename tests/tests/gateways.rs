@@ -678,3 +678,182 @@ async fn a_long_ejoin_sms_in_three_rows_arrives_as_one_text() {
     assert_eq!(smsbower.pushes().len(), 2, "one push per long SMS");
     assert_no_secrets(&host.kill());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The send API
+
+const SEND_TOKEN: &str = "send-token-7e41";
+
+/// Calls the send API; returns the status and the JSON answer.
+async fn send_api(
+    host: &Host,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, host.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("simrelay did not answer");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("reply is not JSON: {text}"));
+    (status, json)
+}
+
+/// Waits until the send API reports `status` for message `id`.
+async fn wait_for_status(host: &Host, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let path = format!("/v1/messages/{id}");
+        let (code, record) =
+            send_api(host, reqwest::Method::GET, &path, Some(SEND_TOKEN), None).await;
+        assert_eq!(code, 200, "{record}");
+        if record["status"] == status {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "message {id} never reached `{status}`: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An SMS sent through `POST /v1/messages` reaches SmsGateway24's `addsms` with a valid token
+/// although the first token expired on the way, and its delivery status can be read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sms_sent_through_the_api_reaches_addsms_after_the_first_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let sg24 = Sg24Mock::start(true).await;
+    let smsbower = MockProvider::accepting().await;
+    let config = format!(
+        "[host.send]\ninstance = \"sg24\"\ntoken = \"{SEND_TOKEN}\"\n{}",
+        sg24_config(&sg24.provider.base_url, &smsbower.base_url)
+    );
+    let host = Host::start(dir.path(), &config).await;
+    // The first token is in use and the phone known before anything is sent.
+    eventually(Duration::from_secs(20), "a device listing", || {
+        !sg24.requests_to("getalldevices").is_empty()
+    })
+    .await;
+
+    let post = reqwest::Method::POST;
+    let message =
+        r#"{"to":"+4915752982212","text":"Your code: 1+1=2 & more","sim":0,"urgent":true}"#;
+    for (token, expected) in [
+        (None, "missing bearer token"),
+        (Some("nope"), "wrong bearer token"),
+    ] {
+        let (status, reply) =
+            send_api(&host, post.clone(), "/v1/messages", token, Some(message)).await;
+        assert_eq!(status, 401, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(expected),
+            "{reply}"
+        );
+    }
+    for (body, expected) in [
+        ("{\"to\":", "not a message"),
+        (r#"{"text":"x"}"#, "missing field `to`"),
+        (
+            r#"{"to":"+1","text":"x","colour":"red"}"#,
+            "unknown field `colour`",
+        ),
+        (r#"{"to":" ","text":"x"}"#, "`to` is empty"),
+    ] {
+        let (status, reply) = send_api(
+            &host,
+            post.clone(),
+            "/v1/messages",
+            Some(SEND_TOKEN),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(expected),
+            "{reply}"
+        );
+    }
+    let (status, reply) = send_api(
+        &host,
+        reqwest::Method::GET,
+        "/v1/messages/out-unknown",
+        Some(SEND_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{reply}");
+
+    let (status, accepted) = send_api(
+        &host,
+        post.clone(),
+        "/v1/messages",
+        Some(SEND_TOKEN),
+        Some(message),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    assert_eq!(accepted["instance"], "sg24");
+    let id = accepted["id"].as_str().unwrap().to_string();
+
+    eventually(
+        Duration::from_secs(30),
+        "an addsms with a new token",
+        || {
+            sg24.requests_to("addsms")
+                .iter()
+                .any(|request| request.body["token"] != "tk-1")
+        },
+    )
+    .await;
+    let adds = sg24.requests_to("addsms");
+    assert_eq!(
+        adds[0].body["token"], "tk-1",
+        "first sent with the token that expired"
+    );
+    let renewed: Vec<_> = adds.iter().filter(|r| r.body["token"] != "tk-1").collect();
+    assert_eq!(renewed.len(), 1, "sent once with a valid token: {adds:#?}");
+    let add = &renewed[0];
+    assert_eq!(
+        add.body["sendto"], "+4915752982212",
+        "the `+` arrives as a `+`"
+    );
+    assert_eq!(add.body["body"], "Your code: 1+1=2 & more");
+    assert_eq!(add.body["device_id"], SG24_DEVICE);
+    assert_eq!(add.body["sim"], "0");
+    assert_eq!(add.body["urgent"], "1");
+    assert!(sg24.requests_to("gettoken").len() >= 2, "a new token");
+
+    let record = wait_for_status(&host, &id, "pending").await;
+    assert_eq!(record["to"], "+4915752982212");
+    // The service's delivery-status webhook reports it delivered.
+    let sms_id = sg24.state.lock().unwrap().next_sms_id;
+    let report = format!(
+        "sms_id={sms_id}&status_id=7&status_message=delivered&sendto=%2B4915752982212&device_id={SG24_DEVICE}"
+    );
+    let (status, _) = post_sg24_form(&host, SG24_HOOK_KEY, &report).await;
+    assert_eq!(status, 200);
+    let record = wait_for_status(&host, &id, "delivered").await;
+    assert_eq!(record["detail"], "7 delivered");
+    assert!(
+        smsbower.pushes().is_empty(),
+        "a status is not an SMS to push"
+    );
+
+    let logs = host.kill();
+    assert!(
+        !logs.contains(SEND_TOKEN),
+        "the send token leaked into logs"
+    );
+    assert_no_secrets(&logs);
+}
