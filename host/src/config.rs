@@ -209,6 +209,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if self
+            .host
+            .send
+            .as_ref()
+            .is_some_and(|send| send.token.trim().is_empty())
+        {
+            bail!("host.send.token is empty: senders could not authenticate");
+        }
         for name in self
             .host
             .alerts_to
@@ -381,6 +389,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("cycle: a -> b -> a")
+        );
+        let no_token =
+            "[host.send]\ninstance = \"a\"\ntoken = \"\"\n[instances.a]\nplugin = \"a.wasm\"\n";
+        assert!(
+            parse(no_token)
+                .unwrap_err()
+                .to_string()
+                .contains("host.send.token is empty")
         );
         let typo = "[instances.a]\nplugin = \"a.wasm\"\nforward = [\"b\"]\n";
         assert!(format!("{:#}", parse(typo).unwrap_err()).contains("unknown field `forward`"));

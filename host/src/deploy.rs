@@ -349,6 +349,7 @@ impl Deployer {
         }
         self.relay.set_routes(&config.routes)?;
         self.relay.set_alerts_to(config.host.alerts_to.clone());
+        self.relay.set_send(config.host.send.clone());
         if !errors.is_empty() {
             bail!(
                 "{}{}",

@@ -22,6 +22,7 @@ pub mod queue;
 pub mod redact;
 pub mod relay;
 pub mod runtime;
+pub mod send;
 pub mod server;
 
 pub use simrelay_core::model;

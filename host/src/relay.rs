@@ -27,14 +27,14 @@ use tokio::sync::Notify;
 use tracing::{error, info, info_span, warn};
 
 use crate::abi::{Input, Output};
-use crate::config::{Config, InstanceConfig, Limits, RouteConfig};
+use crate::config::{Config, InstanceConfig, Limits, RouteConfig, SendConfig};
 use crate::db::{Commit, Committed, Consumed, Db, NewDelivery, NewEvent, PendingCommit, Retention};
 use crate::delivery::AllowList;
 use crate::kv::{KvOverlay, StoreGuard, StoreState};
 use crate::metrics::metrics;
 use crate::model::{
     CallContext, Capability, DeliveryOutcome, DeliveryRef, Event, HttpReply, HttpRequest,
-    WebhookKey,
+    SendRequest, WebhookKey,
 };
 use crate::queue::DueQueue;
 use crate::redact::{Redactor, looks_secret};
@@ -149,6 +149,8 @@ pub struct Relay {
     pub started: Instant,
     /// Instances that get the host's `delivery-health` events.
     alerts_to: RwLock<Vec<String>>,
+    /// The send API's configuration, when it is served.
+    send: RwLock<Option<SendConfig>>,
     /// Failed delivery attempts in a row, per instance, for `delivery-health` events.
     delivery_failures: Mutex<BTreeMap<String, u32>>,
     /// Told of every automatic rollback, so it outlives a restart.
@@ -199,6 +201,7 @@ pub struct Loaded {
     plugins: BTreeMap<String, (InstanceConfig, Arc<LoadedPlugin>, String)>,
     routes: Vec<RouteConfig>,
     alerts_to: Vec<String>,
+    send: Option<SendConfig>,
 }
 
 impl Relay {
@@ -220,6 +223,7 @@ impl Relay {
             plugins,
             routes: config.routes.clone(),
             alerts_to: config.host.alerts_to.clone(),
+            send: config.host.send.clone(),
         })
     }
 
@@ -235,6 +239,7 @@ impl Relay {
             next_message: AtomicU64::new(crate::now_ms() << 12),
             started: Instant::now(),
             alerts_to: RwLock::new(loaded.alerts_to),
+            send: RwLock::new(loaded.send),
             delivery_failures: Mutex::default(),
             on_rollback: std::sync::OnceLock::new(),
         };
@@ -327,6 +332,43 @@ impl Relay {
 
     pub fn set_alerts_to(&self, instances: Vec<String>) {
         *self.alerts_to.write().unwrap_or_else(|p| p.into_inner()) = instances;
+    }
+
+    pub fn set_send(&self, send: Option<SendConfig>) {
+        *self.send.write().unwrap_or_else(|p| p.into_inner()) = send;
+    }
+
+    /// The send API's configuration, when it is served.
+    pub fn send_config(&self) -> Option<SendConfig> {
+        self.send.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues `request` for `instance` as a `send-sms` event, with the record its delivery
+    /// statuses will update, in one commit; returns once both are durable.
+    pub fn request_send(
+        &self,
+        instance: &str,
+        message_id: &str,
+        request: SendRequest,
+    ) -> Result<crate::send::SentMessage> {
+        let now = crate::now_ms();
+        let record = crate::send::SentMessage::queued(&request, instance, message_id, now);
+        let committed = self
+            .db
+            .submit(Commit {
+                instance: "simrelay".into(),
+                message_id: message_id.to_string(),
+                now_ms: now,
+                events: vec![NewEvent {
+                    target: instance.to_string(),
+                    event: Event::SendSms(request),
+                }],
+                sends: vec![record.clone()],
+                ..Default::default()
+            })
+            .wait()?;
+        self.schedule(&committed);
+        Ok(record)
     }
 
     /// A new id for an input from outside; everything it causes is logged with it.
@@ -747,7 +789,8 @@ impl Relay {
             })
             .wait()?;
         let compacted = committed.compacted.unwrap_or_default();
-        let removed = compacted.deliveries + compacted.messages + compacted.delivery_keys;
+        let removed =
+            compacted.deliveries + compacted.messages + compacted.delivery_keys + compacted.sent;
         if removed > 0 {
             info!(?compacted, "retention");
         }

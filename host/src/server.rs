@@ -131,6 +131,11 @@ impl BodyBudget {
         })
     }
 
+    /// The body of a request the host answers itself, read within the same limits.
+    pub(crate) async fn read_body(&self, body: Incoming) -> Result<Vec<u8>, Response<Body>> {
+        self.read(body).await.map(|(bytes, _)| bytes)
+    }
+
     /// The body, read within the size limit, the timeout and the shared budget; the permit
     /// keeps its share reserved until dropped.
     async fn read(
@@ -275,6 +280,13 @@ pub async fn webhook(
 ) -> Response<Body> {
     let (head, body) = request.into_parts();
     let path = head.uri.path().to_string();
+    if crate::send::handles(&path)
+        && let Some(send) = relay.send_config()
+    {
+        let response = crate::send::serve(relay, send, budget, head, body).await;
+        count_webhook("", response.status().as_u16());
+        return response;
+    }
     let method = head.method.to_string();
     let Some((instance, params)) = relay.route(&method, &path) else {
         count_webhook("", StatusCode::NOT_FOUND.as_u16());

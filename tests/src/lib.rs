@@ -272,10 +272,29 @@ pub struct Received {
     pub body: Value,
     pub headers: BTreeMap<String, String>,
     pub accepted: bool,
+    /// When the mock received it.
+    pub at: Instant,
 }
 
-/// `answer(index of the request, the request)` gives the status and JSON reply.
-type Answer = dyn Fn(usize, &Received) -> (StatusCode, Value) + Send + Sync;
+/// A mock's answer when a status and a JSON body are not enough (e.g. a `Retry-After`).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+}
+
+impl From<(StatusCode, Value)> for Reply {
+    fn from((status, body): (StatusCode, Value)) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// `answer(index of the request, the request)` gives the reply.
+type Answer = dyn Fn(usize, &Received) -> Reply + Send + Sync;
 
 #[derive(Clone)]
 struct MockState {
@@ -293,6 +312,13 @@ pub struct MockProvider {
 impl MockProvider {
     pub async fn start(
         answer: impl Fn(usize, &Received) -> (StatusCode, Value) + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_replying(move |index, request| answer(index, request).into()).await
+    }
+
+    /// Like [`MockProvider::start`], with replies that may carry headers.
+    pub async fn start_replying(
+        answer: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
     ) -> Self {
         let state = MockState {
             received: Arc::default(),
@@ -388,7 +414,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, axum::Json<Value>) {
+) -> axum::response::Response {
     let form = |text: &str| {
         Value::Object(
             form_urlencoded::parse(text.as_bytes())
@@ -417,11 +443,19 @@ async fn record(
         body,
         headers,
         accepted: false,
+        at: Instant::now(),
     };
-    let (status, reply) = (state.answer)(received.len(), &request);
-    request.accepted = status == StatusCode::OK && reply == success();
+    let reply = (state.answer)(received.len(), &request);
+    request.accepted = reply.status == StatusCode::OK && reply.body == success();
     received.push(request);
-    (status, axum::Json(reply))
+    let mut response =
+        axum::response::IntoResponse::into_response((reply.status, axum::Json(reply.body)));
+    for (name, value) in reply.headers {
+        if let Ok(value) = axum::http::HeaderValue::try_from(value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 pub const EJOIN_KEY: &str = "ejoin-secret-4f9a";

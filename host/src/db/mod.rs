@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 
 use crate::kv::KvWrites;
 use crate::model::{Event, OutgoingRequest};
+use crate::send::SentMessage;
 use simrelay_core::relay::{DeliveryRecord, QueuedEvent};
 use simrelay_core::retry::DeliveryState;
 
@@ -46,6 +47,9 @@ const MESSAGES: TableDefinition<u64, &str> = TableDefinition::new("messages");
 /// (reporting instance, device/port/iccid) → JSON [`Observed`]: the last status of each SIM.
 const SIMS: TableDefinition<(&str, &str), &str> = TableDefinition::new("sims");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// send request id → JSON [`SentMessage`]: SMS asked for through the send API, and how far
+/// they got. Added after schema 2 as a table of its own, so older builds ignore it.
+const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent_messages");
 
 /// The environment variable that turns on [`faults::FaultyBackend`] for tests.
 const FAULT_FILE_VAR: &str = "SIMRELAY_FAULT_FILE";
@@ -114,7 +118,8 @@ pub struct Retention {
     /// Idempotency keys of finished deliveries: within this, a plugin asking again for a
     /// key it used gets no second delivery. At least `deliveries_hours`.
     pub dedupe_hours: f64,
-    /// The messages and SIM states plugins reported, kept for operators.
+    /// The messages and SIM states plugins reported, kept for operators, and the send API's
+    /// records of SMS not updated since.
     pub messages_hours: f64,
 }
 
@@ -135,6 +140,7 @@ pub struct Compacted {
     pub delivery_keys: usize,
     pub messages: usize,
     pub sims: usize,
+    pub sent: usize,
 }
 
 /// The most records one retention pass removes, so it never holds the writer for long.
@@ -165,8 +171,11 @@ pub struct Commit {
     /// The newest queued commit whose writes the call read: the outcome is not durable
     /// before that commit is.
     pub read_unflushed: Option<u64>,
-    /// The events the call emitted, before fan-out, kept for operators.
+    /// The events the call emitted, before fan-out, kept for operators; delivery statuses
+    /// also update the send API's records of the emitting instance.
     pub observed: Vec<Event>,
+    /// Send API records to create.
+    pub sends: Vec<SentMessage>,
     /// Retention to run in the same queue of commits: the committer is the only writer.
     pub compact: Option<(Retention, u64)>,
 }
@@ -177,6 +186,7 @@ impl Commit {
             && self.deliveries.is_empty()
             && self.events.is_empty()
             && self.observed.is_empty()
+            && self.sends.is_empty()
             && self.compact.is_none()
             && matches!(self.consumed, Consumed::Nothing)
     }
@@ -388,6 +398,7 @@ impl Db {
         txn.open_table(MESSAGES)?;
         txn.open_table(SIMS)?;
         txn.open_table(RETIRED_KEYS)?;
+        txn.open_table(SENT)?;
         migrate(&txn)?;
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
@@ -548,6 +559,15 @@ impl Db {
             txn.open_table(PENDING)?.len()?,
             txn.open_table(FINISHED)?.len()?,
         ))
+    }
+
+    /// A send API record, by its id.
+    pub fn sent_message(&self, id: &str) -> Result<Option<SentMessage>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SENT)?;
+        let json = table.get(id)?;
+        json.map(|json| parse(SENT.name(), json.value()))
+            .transpose()
     }
 
     /// The latest messages plugins reported, newest first.
@@ -739,6 +759,12 @@ fn apply(txn: &redb::WriteTransaction, commit: Commit) -> Result<Committed> {
         committed.compacted = Some(compact(txn, retention, *now_ms)?);
     }
     txn.open_table(COUNTERS)?.insert("next_id", next_id)?;
+    if !commit.sends.is_empty() {
+        let mut sent = txn.open_table(SENT)?;
+        for record in &commit.sends {
+            sent.insert(record.id.as_str(), json(record)?.as_str())?;
+        }
+    }
     observe(
         txn,
         &commit.instance,
@@ -851,6 +877,22 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
             sims.remove((instance.as_str(), sim.as_str()))?;
             compacted.sims += 1;
         }
+        let mut sent = txn.open_table(SENT)?;
+        let mut old = Vec::new();
+        for entry in sent.iter()? {
+            let (id, json) = entry?;
+            let record: SentMessage = parse(SENT.name(), json.value())?;
+            if record.updated_ms < message_cutoff {
+                old.push(id.value().to_string());
+                if old.len() == COMPACT_BATCH {
+                    break;
+                }
+            }
+        }
+        for id in old {
+            sent.remove(id.as_str())?;
+            compacted.sent += 1;
+        }
     }
     Ok(compacted)
 }
@@ -868,6 +910,7 @@ fn observe(
     }
     let mut messages = txn.open_table(MESSAGES)?;
     let mut sims = txn.open_table(SIMS)?;
+    let mut sent = txn.open_table(SENT)?;
     let mut counters = txn.open_table(COUNTERS)?;
     let mut next = counters
         .get("next_message")?
@@ -896,6 +939,17 @@ fn observe(
                 let sim = sim_key(&status);
                 let record = observed(at_ms, instance, message_id, status)?;
                 sims.insert((instance, sim.as_str()), record.as_str())?;
+            }
+            Event::DeliveryStatusChanged(status) => {
+                let known = sent
+                    .get(status.id.as_str())?
+                    .map(|json| parse::<SentMessage>(SENT.name(), json.value()))
+                    .transpose()?;
+                // Only the instance the SMS went to reports on it.
+                if let Some(mut record) = known.filter(|record| record.instance == instance) {
+                    record.apply(&status, at_ms);
+                    sent.insert(status.id.as_str(), json(&record)?.as_str())?;
+                }
             }
             _ => {}
         }
@@ -1050,6 +1104,59 @@ mod tests {
         assert!(db.queued_events().unwrap().is_empty());
         assert_eq!(db.kv_get("b", "seen").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(db.deliveries().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_the_sending_instance_reports_on_a_sent_message() {
+        use crate::model::{DeliveryState as State, DeliveryStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let request = SendRequest {
+            id: "out-1".into(),
+            to: "+1".into(),
+            text: "hi".into(),
+            device: None,
+            sim: None,
+            send_at_ms: None,
+            urgent: false,
+        };
+        let report = |instance: &str, state| Commit {
+            instance: instance.into(),
+            now_ms: 2_000,
+            observed: vec![Event::DeliveryStatusChanged(DeliveryStatus {
+                id: "out-1".into(),
+                state,
+                detail: Some(format!("{state:?}")),
+                recipient: None,
+            })],
+            ..Default::default()
+        };
+        {
+            let db = Db::open(dir.path()).unwrap();
+            db.commit(Commit {
+                instance: "simrelay".into(),
+                sends: vec![SentMessage::queued(&request, "sg24", "m1", 1_000)],
+                ..Default::default()
+            })
+            .unwrap();
+            db.commit(report("other", State::Failed)).unwrap();
+            db.commit(report("sg24", State::Sent)).unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let record = db.sent_message("out-1").unwrap().unwrap();
+        assert_eq!(record.status, crate::send::SendStatus::Sent);
+        assert_eq!(record.history.len(), 2, "queued, then sg24's report");
+        assert!(db.sent_message("out-2").unwrap().is_none());
+        let retention = Retention {
+            messages_hours: 0.0,
+            ..Default::default()
+        };
+        db.commit(Commit {
+            instance: "simrelay".into(),
+            compact: Some((retention, 3_000)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(db.sent_message("out-1").unwrap().is_none(), "retention");
     }
 
     #[test]
