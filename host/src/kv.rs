@@ -166,23 +166,65 @@ impl KvOverlay {
     }
 
     fn read(&mut self, store: usize, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        match self.read_uncommitted(store, key) {
+            Some(value) => Ok(value),
+            None => Ok(self.read_committed(store, &[key])?.pop().flatten()),
+        }
+    }
+
+    /// The values of `keys`, with one read of the database for all those not written
+    /// since their last commit.
+    fn read_many(
+        &mut self,
+        store: usize,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, store::Error> {
+        let uncommitted: Vec<_> = keys
+            .iter()
+            .map(|key| self.read_uncommitted(store, key))
+            .collect();
+        let missing: Vec<&str> = keys
+            .iter()
+            .zip(&uncommitted)
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.as_str())
+            .collect();
+        let mut committed = self.read_committed(store, &missing)?.into_iter();
+        Ok(keys
+            .into_iter()
+            .zip(uncommitted)
+            .map(|(key, value)| {
+                let value = value.unwrap_or_else(|| committed.next().flatten());
+                (key, value)
+            })
+            .collect())
+    }
+
+    /// The value from this call's writes or from a layer not yet on disk, when one has
+    /// the key; reading a layer makes this call's reply wait for its commit.
+    fn read_uncommitted(&mut self, store: usize, key: &str) -> Option<Option<Vec<u8>>> {
         let view = &self.stores[store];
         if let Some(value) = view.writes.get(key) {
-            return Ok(value.clone());
+            return Some(value.clone());
         }
-        let layered =
+        let (sequence, value) =
             view.unflushed.iter().rev().find_map(|(sequence, layer)| {
                 layer.get(key).map(|value| (*sequence, value.clone()))
-            });
-        if let Some((sequence, value)) = layered {
-            self.note_read(sequence);
-            return Ok(value);
-        }
+            })?;
+        self.note_read(sequence);
+        Some(value)
+    }
+
+    fn read_committed(
+        &self,
+        store: usize,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, store::Error> {
         match &self.db {
             Some(db) => db
-                .kv_get(&view.label, key)
+                .kv_get_many(&self.stores[store].label, keys)
                 .map_err(|error| store::Error::Other(error.to_string())),
-            None => Ok(None),
+            None => Ok(vec![None; keys.len()]),
         }
     }
 
@@ -370,11 +412,7 @@ impl batch::Host for KvOverlay {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> KvResult<Vec<(String, Option<Vec<u8>>)>> {
-        let store = bucket.rep() as usize;
-        Ok(keys
-            .into_iter()
-            .map(|key| self.read(store, &key).map(|value| (key, value)))
-            .collect())
+        Ok(self.read_many(bucket.rep() as usize, keys))
     }
 
     fn set_many(

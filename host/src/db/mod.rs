@@ -421,9 +421,23 @@ impl Db {
     }
 
     pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv_get_many(label, &[key])?.pop().flatten())
+    }
+
+    /// The label's values of `keys`, in order, from one read transaction.
+    pub fn kv_get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(KV)?;
-        Ok(table.get((label, key))?.map(|value| value.value().to_vec()))
+        keys.iter()
+            .map(|key| {
+                Ok(table
+                    .get((label, *key))?
+                    .map(|value| value.value().to_vec()))
+            })
+            .collect()
     }
 
     /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
