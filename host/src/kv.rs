@@ -114,6 +114,9 @@ pub struct KvOverlay {
 
 type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
 
+/// A key and its value, if it has one.
+type KeyValuePair = (String, Option<Vec<u8>>);
+
 impl KvOverlay {
     /// The caller holds the lock of every store in `stores`.
     pub fn new(db: Arc<Db>, stores: &[Arc<StoreState>]) -> Self {
@@ -178,7 +181,7 @@ impl KvOverlay {
         &mut self,
         store: usize,
         keys: Vec<String>,
-    ) -> Result<Vec<(String, Option<Vec<u8>>)>, store::Error> {
+    ) -> Result<Vec<KeyValuePair>, store::Error> {
         let uncommitted: Vec<_> = keys
             .iter()
             .map(|key| self.read_uncommitted(store, key))
