@@ -158,7 +158,7 @@ results=$out/rounds.jsonl
 : > "$results"
 for round in $(seq "$rounds"); do
   log "round $round: wasmtime serve, hello world"
-  "$wasmtime" serve --addr "127.0.0.1:$hello_port" "$hello" 2>/dev/null &
+  "$wasmtime" serve -Scli --addr "127.0.0.1:$hello_port" "$hello" 2>/dev/null &
   hello_pid=$!
   pids+=($hello_pid)
   wait_http "http://127.0.0.1:$hello_port/"

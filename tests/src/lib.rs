@@ -239,10 +239,15 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Asks the host to stop, as `systemctl stop` would (SIGTERM).
+    /// Asks the host to stop, as `systemctl stop` would.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the host a signal by name, e.g. `HUP`.
+    pub fn signal(&self, name: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .expect("cannot run kill");
         assert!(sent.success());

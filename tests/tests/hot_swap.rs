@@ -377,3 +377,57 @@ async fn a_plugin_built_for_interface_0_1_keeps_working() {
         (200, &json!("2"), &json!(4))
     );
 }
+
+/// Waits until the echo instance answers as `version`.
+async fn wait_for_version(host: &Host, version: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = ping(&client, host).await;
+        if answer.status == 200 && answer.version == version {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still version {:?} ({}):\n{}",
+            answer.version,
+            answer.status,
+            host.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_configuration_applies_on_sighup_and_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = MockProvider::start(|_, _| (StatusCode::OK, json!({ "ok": true }))).await;
+    let config = echo_config(&target.base_url, "");
+    let host = Host::start(dir.path(), &config).await;
+    wait_for_version(&host, "1").await;
+    let config_file = dir.path().join("simrelay.toml");
+
+    // The operator edits the file and sends SIGHUP: the running host takes version 2.
+    let edited = config.replace(
+        &versioned("1").display().to_string(),
+        &versioned("2").display().to_string(),
+    );
+    std::fs::write(&config_file, &edited).unwrap();
+    host.signal("HUP");
+    wait_for_version(&host, "2").await;
+
+    // The same through the command line.
+    let edited = config.replace(
+        &versioned("1").display().to_string(),
+        &versioned("3").display().to_string(),
+    );
+    std::fs::write(&config_file, &edited).unwrap();
+    host.cli(&["reload"]).unwrap();
+    wait_for_version(&host, "3").await;
+
+    // A broken edit changes nothing and says why.
+    std::fs::write(&config_file, "[instances.echo\nplugin = ").unwrap();
+    let refused = host.cli(&["reload"]).unwrap_err();
+    assert!(!refused.is_empty());
+    wait_for_version(&host, "3").await;
+}

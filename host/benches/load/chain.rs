@@ -78,15 +78,16 @@ async fn answer(
         }
         path if path.ends_with("/agent/api/sms") => {
             let now = now_us();
-            let sent = serde_json::from_slice::<Value>(&body)
+            // SmsBower takes PUSH_SMS as a form; JSON is accepted too.
+            let text = serde_json::from_slice::<Value>(&body)
                 .ok()
-                .and_then(|push| {
-                    push["text"]
-                        .as_str()?
-                        .strip_prefix("t=")?
-                        .parse::<u64>()
-                        .ok()
+                .and_then(|push| push["text"].as_str().map(str::to_string))
+                .or_else(|| {
+                    form_urlencoded::parse(&body)
+                        .find(|(name, _)| name == "text")
+                        .map(|(_, text)| text.into_owned())
                 });
+            let sent = text.and_then(|text| text.strip_prefix("t=")?.parse::<u64>().ok());
             let mut pushes = pushes.lock().unwrap();
             pushes.count += 1;
             if pushes.first_us == 0 {
