@@ -181,30 +181,8 @@ async fn main() {
     );
     let host = Host::start(dir.path(), &config).await;
 
-    // 500 cards on 63 modules of 8 slots, all MTS Russia.
-    let farm: Vec<(String, String, String, String)> = (0..SIMS)
-        .map(|n| {
-            (
-                format!("{}.{:02}", 1 + n / 8, 1 + n % 8),
-                format!("7902{n:07}"),
-                format!("8970200000000{n:06}"),
-                format!("25001{n:010}"),
-            )
-        })
-        .collect();
-    let sims: Vec<_> = farm
-        .iter()
-        .map(|(port, number, iccid, imsi)| {
-            (
-                port.as_str(),
-                number.as_str(),
-                iccid.as_str(),
-                imsi.as_str(),
-                true,
-            )
-        })
-        .collect();
-    let (status, reply) = post_ejoin(&host, EJOIN_KEY, &dev_status(MAC, &sims)).await;
+    let farm = farm(SIMS, 2);
+    let (status, reply) = post_ejoin(&host, EJOIN_KEY, &farm_dev_status(MAC, &farm)).await;
     assert_eq!(status, 200, "{reply}");
     let deadline = Instant::now() + Duration::from_secs(300);
     while !registered_on_both(&host).await {

@@ -611,6 +611,38 @@ pub fn dev_status(mac: &str, sims: &[(&str, &str, &str, &str, bool)]) -> String 
     json!({ "type": "dev-status", "mac": mac, "status": status }).to_string()
 }
 
+/// A farm of `count` registered MTS Russia SIMs on modules of 8 slots, as (port, number,
+/// ICCID, IMSI); `series` (0-9) keeps the numbers of different farms apart.
+pub fn farm(count: usize, series: u8) -> Vec<(String, String, String, String)> {
+    (0..count)
+        .map(|n| {
+            (
+                format!("{}.{:02}", 1 + n / 8, 1 + n % 8),
+                format!("790{series}{n:07}"),
+                format!("8970{series}{n:014}"),
+                format!("25001{series}{n:09}"),
+            )
+        })
+        .collect()
+}
+
+/// The gateway's `dev-status` push for a [`farm`], every SIM registered.
+pub fn farm_dev_status(mac: &str, farm: &[(String, String, String, String)]) -> String {
+    let sims: Vec<_> = farm
+        .iter()
+        .map(|(port, number, iccid, imsi)| {
+            (
+                port.as_str(),
+                number.as_str(),
+                iccid.as_str(),
+                imsi.as_str(),
+                true,
+            )
+        })
+        .collect();
+    dev_status(mac, &sims)
+}
+
 /// Asks a marketplace route for a number, as the marketplace would.
 pub async fn get_number(host: &Host, route: &str, key: &str, service: &str) -> Value {
     let request = json!({

@@ -454,29 +454,8 @@ async fn concurrent_get_number_never_sells_a_number_twice() {
     let config = ejoin_to_both_marketplaces_config(&smsbower.base_url, &onlinesim.base_url, 1, "");
     let host = Host::start(dir.path(), &config).await;
 
-    let farm: Vec<(String, String, String, String)> = (0..SIMS)
-        .map(|n| {
-            (
-                format!("{}.{:02}", 1 + n / 8, 1 + n % 8),
-                format!("7901000{n:04}"),
-                format!("89701000000000{n:05}"),
-                format!("25001000000{n:04}"),
-            )
-        })
-        .collect();
-    let sims: Vec<_> = farm
-        .iter()
-        .map(|(port, number, iccid, imsi)| {
-            (
-                port.as_str(),
-                number.as_str(),
-                iccid.as_str(),
-                imsi.as_str(),
-                true,
-            )
-        })
-        .collect();
-    gateway(&host, &dev_status(MAC, &sims)).await;
+    let farm = farm(SIMS, 1);
+    gateway(&host, &farm_dev_status(MAC, &farm)).await;
     wait_for_counts(
         &host,
         counts(SIMS as u64, SIMS as u64),
