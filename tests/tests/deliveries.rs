@@ -249,3 +249,103 @@ async fn the_status_page_in_chromium_shows_what_the_api_says() {
         "the partner key is on the page"
     );
 }
+
+/// A marketplace that takes 50 ms per push, refuses them while `open` is unset, and counts
+/// how many it handles at once and which `smsId`s it accepted.
+#[derive(Clone, Default)]
+struct RecoveringMarketplace {
+    open: Arc<AtomicBool>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RecoveringMarketplace {
+    async fn start(&self) -> String {
+        let state = self.clone();
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let form: std::collections::HashMap<String, String> =
+                    form_urlencoded::parse(&body).into_owned().collect();
+                if form.get("action").map(String::as_str) != Some("PUSH_SMS") {
+                    return axum::Json(json!({ "status": 0 }));
+                }
+                let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                state.peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                state.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if !state.open.load(Ordering::SeqCst) {
+                    return axum::Json(json!({ "status": "ERROR" }));
+                }
+                let sms_id = form.get("smsId").cloned().unwrap_or_default();
+                state.accepted.lock().unwrap().push(sms_id);
+                axum::Json(json!({ "status": "SUCCESS" }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base_url
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_outage_the_backlog_drains_once_within_the_destination_limit() {
+    const SMS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let marketplace = RecoveringMarketplace::default();
+    let base_url = marketplace.start().await;
+    let host = Host::start(dir.path(), &ejoin_to_smsbower_config(&base_url, 1)).await;
+    open_sample_activation(&host).await;
+
+    // The marketplace is down while the gateway delivers 200 SMS.
+    let client = reqwest::Client::new();
+    for n in 0..SMS {
+        let body = format!(
+            r#"{{"type":"recv-sms","sms":[[0,"1.01",{},"BankInfo","{SAMPLE_NUMBER}","T3V0YWdl"]]}}"#,
+            1_700_000_000 + n
+        );
+        let answer = client
+            .post(host.url(&format!("/api/{EJOIN_KEY}/webhook")))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(marketplace.accepted().is_empty());
+
+    // It comes back: the backlog drains, each SMS accepted once, 8 at a time at most.
+    marketplace.open.store(true, Ordering::SeqCst);
+    let recovered = Instant::now();
+    let deadline = recovered + Duration::from_secs(60);
+    while marketplace.accepted().len() < SMS {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SMS} accepted",
+            marketplace.accepted().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained_in = recovered.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = marketplace.accepted();
+    let distinct: std::collections::BTreeSet<_> = accepted.iter().collect();
+    assert_eq!(accepted.len(), SMS, "repeats after SUCCESS");
+    assert_eq!(distinct.len(), SMS);
+    let peak = marketplace.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 8,
+        "{peak} pushes at once, over deliveries_per_destination"
+    );
+    eprintln!(
+        "outage: {SMS} SMS queued, drained in {drained_in:?} after recovery, \
+         peak concurrency at the marketplace {peak}"
+    );
+}
