@@ -250,10 +250,11 @@ async fn the_status_page_in_chromium_shows_what_the_api_says() {
     );
 }
 
-/// A marketplace that takes 50 ms per push, refuses them while `open` is unset, and counts
-/// how many it handles at once and which `smsId`s it accepted.
+/// A SmsBower that takes `delay_ms` per push, refuses them while `open` is unset, and
+/// counts how many it handles at once and which `smsId`s it accepted.
 #[derive(Clone, Default)]
 struct RecoveringMarketplace {
+    delay_ms: u64,
     open: Arc<AtomicBool>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     peak: Arc<std::sync::atomic::AtomicUsize>,
@@ -273,7 +274,7 @@ impl RecoveringMarketplace {
                 }
                 let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 state.peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(state.delay_ms)).await;
                 state.in_flight.fetch_sub(1, Ordering::SeqCst);
                 if !state.open.load(Ordering::SeqCst) {
                     return axum::Json(json!({ "status": "ERROR" }));
@@ -298,7 +299,10 @@ impl RecoveringMarketplace {
 async fn after_an_outage_the_backlog_drains_once_within_the_destination_limit() {
     const SMS: usize = 200;
     let dir = tempfile::tempdir().unwrap();
-    let marketplace = RecoveringMarketplace::default();
+    let marketplace = RecoveringMarketplace {
+        delay_ms: 50,
+        ..Default::default()
+    };
     let base_url = marketplace.start().await;
     let host = Host::start(dir.path(), &ejoin_to_smsbower_config(&base_url, 1)).await;
     open_sample_activation(&host).await;
@@ -347,5 +351,79 @@ async fn after_an_outage_the_backlog_drains_once_within_the_destination_limit() 
     eprintln!(
         "outage: {SMS} SMS queued, drained in {drained_in:?} after recovery, \
          peak concurrency at the marketplace {peak}"
+    );
+}
+
+/// Sells a number of the farm on `route`, waiting until the inventory has one.
+async fn sell(host: &Host, route: &str, key: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = get_number(host, route, key, "tg").await;
+        if answer["status"] == "SUCCESS" {
+            return answer["number"].to_string().trim_matches('"').to_string();
+        }
+        assert!(Instant::now() < deadline, "{route} sold nothing: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_marketplace_does_not_hold_up_another() {
+    let dir = tempfile::tempdir().unwrap();
+    // SmsBower answers every push only after 8 s; Onlinesim at once.
+    let slow = RecoveringMarketplace {
+        delay_ms: 8_000,
+        ..Default::default()
+    };
+    slow.open.store(true, Ordering::SeqCst);
+    let slow_url = slow.start().await;
+    let fast = MockProvider::accepting().await;
+    let config = ejoin_to_both_marketplaces_config(&slow_url, &fast.base_url, 1, "");
+    let host = Host::start(dir.path(), &config).await;
+    let sims = farm(2, 4);
+    let (status, _) = post_ejoin(
+        &host,
+        EJOIN_KEY,
+        &farm_dev_status("00:1A:2B:3C:4D:5F", &sims),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let on_bower = sell(&host, "/smsbower", SMSBOWER_KEY).await;
+    let on_onlinesim = sell(&host, "/onlinesim", ONLINESIM_KEY).await;
+
+    // Ten SMS for SmsBower fill its 8 connections and queue; then one for Onlinesim.
+    let sms = |number: &str, n: u64| {
+        format!(
+            r#"{{"type":"recv-sms","sms":[[0,"",{},"Telegram","{number}","Q29kZSAxMjM0"]]}}"#,
+            1_700_000_000 + n
+        )
+    };
+    for n in 0..10 {
+        assert_eq!(
+            post_ejoin(&host, EJOIN_KEY, &sms(&on_bower, n)).await.0,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = Instant::now();
+    assert_eq!(
+        post_ejoin(&host, EJOIN_KEY, &sms(&on_onlinesim, 100))
+            .await
+            .0,
+        200
+    );
+    fast.wait_for(Duration::from_secs(20), |received| {
+        received.iter().any(|r| r.path == ONLINESIM_PUSH_PATH)
+    })
+    .await;
+    let fast_latency = sent.elapsed();
+    assert!(
+        slow.accepted().is_empty(),
+        "Onlinesim's push waited for SmsBower's answers ({fast_latency:?})"
+    );
+    eprintln!(
+        "slow beside fast: Onlinesim's push arrived {fast_latency:?} after its webhook, while \
+         SmsBower held {} pushes unanswered",
+        slow.in_flight.load(Ordering::SeqCst)
     );
 }
