@@ -427,3 +427,71 @@ async fn a_hanging_marketplace_does_not_hold_up_another() {
         slow.in_flight.load(Ordering::SeqCst)
     );
 }
+
+// Fails today, so it is ignored until the fix: with every retention window at about a
+// second, the file grew 635 KB → 950 KB → 1.43 MB → 2.14 MB over nine rounds of 300 SMS,
+// and the last round's delivered records were still listed after a restart. Issue 8.
+#[ignore = "known defect: storage keeps growing under steady traffic despite retention"]
+#[tokio::test(flavor = "multi_thread")]
+async fn with_retention_the_database_stops_growing_under_steady_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    // Everything finished may go after a second; Ejoin forgets its marks after two.
+    let config = format!(
+        "[host.retention]\ndeliveries_hours = 0.0003\ndedupe_hours = 0.0003\n\
+         messages_hours = 0.0003\n{}",
+        ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
+            r#"settings = { api_key = "ejoin-secret-4f9a" }"#,
+            r#"settings = { api_key = "ejoin-secret-4f9a", dedupe_window_secs = "2" }"#,
+        )
+    );
+    assert!(config.contains("dedupe_window_secs"));
+    let database = dir.path().join("data/simrelay.redb");
+    let client = reqwest::Client::new();
+    let mut sizes = Vec::new();
+    let mut sent = 0;
+    for _round in 0..9 {
+        // Retention runs at start-up (and every minute after): each round starts with one.
+        let host = Host::start(dir.path(), &config).await;
+        if sent == 0 {
+            open_sample_activation(&host).await;
+        }
+        for _ in 0..300 {
+            let body = format!(
+                r#"{{"type":"recv-sms","sms":[[0,"1.01",{},"BankInfo","{SAMPLE_NUMBER}","UmV0ZW50aW9u"]]}}"#,
+                1_700_000_000 + sent
+            );
+            let answer = client
+                .post(host.url(&format!("/api/{EJOIN_KEY}/webhook")))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 200);
+            sent += 1;
+        }
+        smsbower
+            .wait_for_pushes(Duration::from_secs(30), sent)
+            .await;
+        // Let everything of this round age past the retention windows.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(host);
+        sizes.push(std::fs::metadata(&database).unwrap().len());
+    }
+    eprintln!("retention: database size after each round of 300 SMS: {sizes:?} bytes");
+    let host = Host::start(dir.path(), &config).await;
+    let (_, delivered) = host
+        .admin(
+            reqwest::Method::GET,
+            "/v1/deliveries?state=delivered&limit=10000",
+            None,
+        )
+        .await;
+    let kept = delivered.as_array().map_or(0, Vec::len);
+    assert!(kept < 300, "{kept} delivered records kept past retention");
+    // Later rounds reuse the pages earlier ones freed: the file stops growing.
+    assert!(
+        sizes[4] <= sizes[2],
+        "the database kept growing: {sizes:?} bytes"
+    );
+}
