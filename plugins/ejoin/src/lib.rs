@@ -46,7 +46,7 @@ struct Push {
 /// Prefix of the row de-duplication marks. Marks written before they expired stay readable.
 const SEEN: &str = "seen";
 /// Expired marks deleted per tick at most, so a tick stays short.
-const SWEEP_LIMIT: usize = 500;
+const SWEEP_LIMIT: usize = 5_000;
 const DEFAULT_DEDUPE_WINDOW_SECS: u64 = 86_400;
 const DEFAULT_LONG_SMS_WINDOW_SECS: u64 = 30;
 

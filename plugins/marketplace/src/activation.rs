@@ -1,14 +1,14 @@
 //! Activations an instance issued, in its own store: only the marketplace that issued an
 //! activation finishes it or receives its SMS.
 //!
-//! Own keys: `activation/<id>` (the record, kept after it ends so a repeated
-//! FINISH_ACTIVATION is recognised), `open/<id>` (the open ones, for reconciliation) and
+//! Own keys: `activation/<id>` (the record, kept `forget_after_secs` after it ends so a
+//! repeated FINISH_ACTIVATION is recognised; `ended@…` indexes them by end), `open/<id>` (the open ones, for reconciliation) and
 //! `route/…` (how a received SMS finds the open activation on its card: by ICCID, by
 //! number, by gateway port).
 
 use serde::{Deserialize, Serialize};
 use simrelay_sdk::phone::international_digits;
-use simrelay_sdk::{KeyValue, ReceivedMessage};
+use simrelay_sdk::{ExpiryIndex, KeyValue, ReceivedMessage};
 
 use crate::inventory::SimId;
 use crate::usage::{self, Ending};
@@ -16,6 +16,7 @@ use crate::usage::{self, Ending};
 const ACTIVATION_PREFIX: &str = "activation/";
 const OPEN_PREFIX: &str = "open/";
 const ID_COUNTER: &str = "counter/activation";
+const ENDED_INDEX: &str = "ended";
 
 /// A number issued to the marketplace for one service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +197,7 @@ pub fn close(
         by,
     });
     save(own, &activation)?;
+    ExpiryIndex::new(own, ENDED_INDEX).add(now_ms, &id.to_string())?;
     own.delete(&format!("{OPEN_PREFIX}{id}"))?;
     let id_text = id.to_string();
     for route in activation.routes() {
@@ -205,6 +207,21 @@ pub fn close(
         }
     }
     Ok(Closing::Ended(activation))
+}
+
+/// Deletes at most `limit` activations that ended more than `after_ms` ago.
+pub fn forget_ended(
+    own: &dyn KeyValue,
+    now_ms: u64,
+    after_ms: u64,
+    limit: usize,
+) -> Result<usize, String> {
+    ExpiryIndex::new(own, ENDED_INDEX).sweep(now_ms, after_ms, limit, |id, _| {
+        match id.parse::<u64>() {
+            Ok(id) => own.delete(&Activation::key(id)),
+            Err(_) => Ok(()),
+        }
+    })
 }
 
 /// The open activation a received message belongs to. By ICCID when the gateway names the

@@ -55,6 +55,10 @@ pub use usage::Ending;
 /// The name under which a marketplace plugin asks for the shared SIM inventory.
 pub const INVENTORY: &str = "inventory";
 
+/// Old push records and old activations forgotten per tick at most, of each kind: with the
+/// default minute between ticks, 5,000 a minute, far more than one farm receives.
+const FORGET_LIMIT: usize = 5_000;
+
 /// What sets one marketplace's protocol apart from another's.
 pub trait Dialect {
     /// The plugin's name, e.g. `smsbower`.
@@ -109,15 +113,14 @@ pub struct Marketplace<D>(PhantomData<D>);
 
 impl<D: Dialect> Marketplace<D> {
     pub fn descriptor() -> Descriptor {
-        let mut capabilities = vec![Capability::Webhook, Capability::Events];
         let mut settings = settings::specs();
         settings.extend(D::settings());
         if D::RECONCILES {
-            capabilities.push(Capability::Tick);
             settings.extend(reconcile::specs());
         }
         Descriptor {
-            capabilities,
+            // Ticks forget old pushes and activations, and reconcile where the dialect can.
+            capabilities: vec![Capability::Webhook, Capability::Events, Capability::Tick],
             settings,
             stores: vec![StoreSpec::required(
                 INVENTORY,
@@ -247,10 +250,12 @@ impl<D: Dialect> Marketplace<D> {
 
     /// Reconciliation queries that are due.
     pub fn tick(ctx: &CallContext, own: &dyn KeyValue) -> Result<Effects, String> {
+        let settings = Settings::from_context(ctx)?;
+        push::forget(own, ctx.now_ms, settings.forget_after_ms, FORGET_LIMIT)?;
+        activation::forget_ended(own, ctx.now_ms, settings.forget_after_ms, FORGET_LIMIT)?;
         if !D::RECONCILES {
             return Ok(Effects::none());
         }
-        let settings = Settings::from_context(ctx)?;
         reconcile::on_tick::<D>(ctx, &settings, own)
     }
 }

@@ -2,13 +2,14 @@
 //! that issued the activation, as one delivery retried until the marketplace takes it, and
 //! is never sent again after it did.
 //!
-//! Own keys: `sms/<message id>` (its smsId and how its push ended) and `counter/sms`.
+//! Own keys: `sms/<message id>` (its smsId and how its push ended, kept `forget_after_secs`;
+//! `pushed@…` indexes them by time) and `counter/sms`.
 
 use serde::{Deserialize, Serialize};
 use simrelay_sdk::phone::international_digits;
 use simrelay_sdk::{
-    CallContext, Delivery, DeliveryOutcome, Effects, KeyValue, MessageKind, ReceivedMessage,
-    Verdict,
+    CallContext, Delivery, DeliveryOutcome, Effects, ExpiryIndex, KeyValue, MessageKind,
+    ReceivedMessage, Verdict,
 };
 
 use crate::Dialect;
@@ -20,6 +21,7 @@ use crate::settings::Settings;
 pub const PUSH_PREFIX: &str = "push/";
 const SMS_PREFIX: &str = "sms/";
 const SMS_ID_COUNTER: &str = "counter/sms";
+const PUSHED_INDEX: &str = "pushed";
 
 /// What the dialect turns into a PUSH_SMS request.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,12 +132,25 @@ pub fn on_message<D: Dialect>(
         at_ms: ctx.now_ms,
     };
     save(own, &message.id, &record)?;
+    ExpiryIndex::new(own, PUSHED_INDEX).add(ctx.now_ms, &message.id)?;
     Ok(Effects {
         events: Vec::new(),
         deliveries: vec![Delivery {
             idempotency_key: format!("{PUSH_PREFIX}{}", message.id),
             request,
         }],
+    })
+}
+
+/// Deletes at most `limit` push records older than `after_ms`.
+pub fn forget(
+    own: &dyn KeyValue,
+    now_ms: u64,
+    after_ms: u64,
+    limit: usize,
+) -> Result<usize, String> {
+    ExpiryIndex::new(own, PUSHED_INDEX).sweep(now_ms, after_ms, limit, |message_id, _| {
+        own.delete(&record_key(message_id))
     })
 }
 

@@ -18,6 +18,10 @@ pub const DEFAULT_OFFER_CAP: u32 = 4;
 /// Seconds between push attempts the marketplace did not accept, per the protocol.
 pub const DEFAULT_RETRY_INTERVAL_SECS: u64 = 10;
 
+/// Seconds a finished push or an ended activation is remembered: as long as the host's
+/// default `dedupe_hours`, within which a repeated message gets no second push anyway.
+pub const DEFAULT_FORGET_AFTER_SECS: u64 = 30 * 24 * 3600;
+
 /// A setting that is missing or cannot be read. Names the setting, never its value: some
 /// settings are secrets.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +62,7 @@ pub struct Settings {
     pub codes: CodeOverrides,
     pub offer_cap: u32,
     pub retry_interval_ms: u64,
+    pub forget_after_ms: u64,
 }
 
 /// The settings every marketplace plugin declares, besides its dialect's own.
@@ -93,6 +98,10 @@ pub fn specs() -> Vec<SettingSpec> {
             "retry_interval_secs",
             "seconds between PUSH_SMS attempts the marketplace did not accept (default 10)",
         ),
+        SettingSpec::optional(
+            "forget_after_secs",
+            "seconds a pushed SMS and an ended activation are remembered (default 2592000, 30 days)",
+        ),
     ]
 }
 
@@ -123,6 +132,8 @@ impl Settings {
                 1,
             )?
             .saturating_mul(1000),
+            forget_after_ms: whole_number(ctx, "forget_after_secs", DEFAULT_FORGET_AFTER_SECS, 1)?
+                .saturating_mul(1000),
         })
     }
 

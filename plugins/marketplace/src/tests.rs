@@ -171,6 +171,7 @@ fn describes_itself() {
             ("mcc_mnc", false, false),
             ("offer_cap", false, false),
             ("retry_interval_secs", false, false),
+            ("forget_after_secs", false, false),
             ("base_url", true, false),
             ("reconcile_after_secs", false, false),
             ("statistic_interval_secs", false, false),
@@ -1248,4 +1249,36 @@ fn get_number_reads_the_farm_once() {
     );
     eprintln!("GET_NUMBER over 500 cards: {elapsed:?}");
     assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+}
+
+#[test]
+fn ticks_forget_pushes_and_ended_activations_after_their_window() {
+    let farm = farm();
+    let mut market = instance("bower", &[("forget_after_secs", "60")]);
+    let reply = get_number(&market, &farm, json!({"operator": "mts"}));
+    assert_eq!(
+        pushes(market.event(&farm, Event::MessageReceived(sms("m1", "79001000001", "x")))).len(),
+        1
+    );
+    assert_eq!(finish(&market, &farm, &reply["activationId"], 3).0, 200);
+    market.at(T0 + 59_000).tick();
+    assert!(market.own.exists("sms/m1").unwrap());
+    assert!(market.own.keys("activation/").unwrap().len() == 1);
+    // The sweep at 59 s found nothing due, so the next waits half the window.
+    market.at(T0 + 61_000).tick();
+    assert!(market.own.exists("sms/m1").unwrap());
+    market.at(T0 + 89_000).tick();
+    assert!(
+        !market.own.exists("sms/m1").unwrap(),
+        "the push record is forgotten"
+    );
+    assert!(market.own.keys("activation/").unwrap().is_empty());
+    // What remains is counters and single bookkeeping keys, not a record per SMS.
+    let mut left = market.own.keys("").unwrap();
+    left.retain(|key| {
+        !key.starts_with("counter/") && !key.ends_with("@next") && key != "reconcile/statistic-at"
+    });
+    assert!(left.is_empty(), "{left:?}");
+    // A finish after that no longer finds the activation.
+    assert_eq!(finish(&market, &farm, &reply["activationId"], 3).0, 404);
 }

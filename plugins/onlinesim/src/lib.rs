@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(descriptor.name, "onlinesim");
         assert!(matches!(
             descriptor.capabilities[..],
-            [Capability::Webhook, Capability::Events]
+            [Capability::Webhook, Capability::Events, Capability::Tick]
         ));
         let names: Vec<_> = descriptor
             .settings
@@ -263,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn ticks_do_nothing() {
+    fn ticks_ask_nothing_of_onlinesim() {
         assert!(onlinesim().tick().deliveries.is_empty());
     }
 }

@@ -1,14 +1,9 @@
 //! Mark-once de-duplication with expiry: "have I already handled this id?" for gateways that
 //! re-send pushes and pollers that see the same item twice, without state growing forever.
 //!
-//! Keys under a prefix `p`:
-//! - `p/<id>` → the time the id was marked, decimal milliseconds;
-//! - `p@/<marked at, 20 digits>/<id>` → empty, an index by time so that expired marks are
-//!   found by listing keys, without reading every value;
-//! - `p@next` → when the next sweep is due, decimal milliseconds.
-//!
 //! A mark is live for `window_ms` after it was set. An expired mark that no sweep has deleted
-//! yet counts as absent. [`MarkOnce::sweep`] does bounded work per call, so it fits in a tick.
+//! yet counts as absent. [`MarkOnce::sweep`] does bounded work per call, so it fits in a tick. [`ExpiryIndex`]
+//! gives any other record the same expiry.
 
 use crate::KeyValue;
 
@@ -27,9 +22,96 @@ pub fn fingerprint<S: AsRef<str>>(fields: &[S]) -> String {
     format!("{hash:016x}")
 }
 
-/// How long a sweep that found nothing more to delete waits before listing keys again.
+/// How long a sweep that found nothing more to delete waits before listing keys again, at
+/// most: a short window waits half of it, so nothing outlives its window by much.
 const SWEEP_PAUSE_MS: u64 = 60_000;
 
+/// Ids indexed by the time they were recorded, so that what expires with them is found by
+/// listing keys, without reading every value. Under a prefix `p`:
+/// - `p@/<recorded at, 20 digits>/<id>` → empty;
+/// - `p@next` → when the next sweep is due, decimal milliseconds.
+///
+/// Whatever the index stands for (a mark, a record) lives elsewhere: [`ExpiryIndex::sweep`]
+/// hands each expired id to its caller to delete.
+pub struct ExpiryIndex<'a> {
+    kv: &'a dyn KeyValue,
+    prefix: &'a str,
+}
+
+impl<'a> ExpiryIndex<'a> {
+    /// The index under `prefix`.
+    pub fn new(kv: &'a dyn KeyValue, prefix: &'a str) -> Self {
+        ExpiryIndex { kv, prefix }
+    }
+
+    fn entries_prefix(&self) -> String {
+        format!("{}@/", self.prefix)
+    }
+
+    fn next_sweep_key(&self) -> String {
+        format!("{}@next", self.prefix)
+    }
+
+    /// Records `id` at `at_ms`: it expires a window after.
+    pub fn add(&self, at_ms: u64, id: &str) -> Result<(), String> {
+        self.kv
+            .set(&format!("{}{at_ms:020}/{id}", self.entries_prefix()), b"")
+    }
+
+    /// Hands at most `limit` entries older than `window_ms`, oldest first, to `expire(id, recorded_at_ms)`,
+    /// deletes them and returns how many. Lists the index only when a sweep is due: right
+    /// after a sweep that hit `limit`, else a pause after the last.
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+        window_ms: u64,
+        limit: usize,
+        mut expire: impl FnMut(&str, u64) -> Result<(), String>,
+    ) -> Result<usize, String> {
+        let due = self
+            .kv
+            .get(&self.next_sweep_key())?
+            .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok())
+            .is_none_or(|due| due <= now_ms);
+        if !due {
+            return Ok(0);
+        }
+        let entries_prefix = self.entries_prefix();
+        let mut entries = self.kv.keys(&entries_prefix)?;
+        // Stores list keys in no promised order; the zero-padded time sorts oldest first.
+        entries.sort_unstable();
+        let mut expired = 0;
+        for key in &entries {
+            if expired == limit {
+                break;
+            }
+            let parsed = key[entries_prefix.len()..]
+                .split_once('/')
+                .and_then(|(at, id)| Some((at.parse::<u64>().ok()?, id)));
+            let Some((recorded_at, id)) = parsed else {
+                self.kv.delete(key)?;
+                continue;
+            };
+            if recorded_at.saturating_add(window_ms) > now_ms {
+                break;
+            }
+            expire(id, recorded_at)?;
+            self.kv.delete(key)?;
+            expired += 1;
+        }
+        let next = if expired == limit {
+            now_ms
+        } else {
+            now_ms.saturating_add(SWEEP_PAUSE_MS.min(window_ms / 2))
+        };
+        self.kv
+            .set(&self.next_sweep_key(), next.to_string().as_bytes())?;
+        Ok(expired)
+    }
+}
+
+/// Marks under a prefix `p`: `p/<id>` → the time the id was marked, decimal milliseconds,
+/// with an [`ExpiryIndex`] under the same prefix.
 pub struct MarkOnce<'a> {
     kv: &'a dyn KeyValue,
     prefix: &'a str,
@@ -50,16 +132,8 @@ impl<'a> MarkOnce<'a> {
         format!("{}/{id}", self.prefix)
     }
 
-    fn index_prefix(&self) -> String {
-        format!("{}@/", self.prefix)
-    }
-
-    fn index_key(&self, marked_at_ms: u64, id: &str) -> String {
-        format!("{}{marked_at_ms:020}/{id}", self.index_prefix())
-    }
-
-    fn next_sweep_key(&self) -> String {
-        format!("{}@next", self.prefix)
+    fn index(&self) -> ExpiryIndex<'a> {
+        ExpiryIndex::new(self.kv, self.prefix)
     }
 
     /// When `id` was marked, if its mark is still live at `now_ms`.
@@ -79,7 +153,7 @@ impl<'a> MarkOnce<'a> {
     pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
         self.kv
             .set(&self.mark_key(id), now_ms.to_string().as_bytes())?;
-        self.kv.set(&self.index_key(now_ms, id), b"")
+        self.index().add(now_ms, id)
     }
 
     /// `true` the first time `id` is seen within the window, and marks it; `false` while an
@@ -92,53 +166,17 @@ impl<'a> MarkOnce<'a> {
         Ok(true)
     }
 
-    /// Deletes at most `limit` expired marks and returns how many. Lists the index only when
-    /// a sweep is due: right after a sweep that hit `limit`, else a minute after the last.
+    /// Deletes at most `limit` expired marks and returns how many; see [`ExpiryIndex::sweep`].
     pub fn sweep(&self, now_ms: u64, limit: usize) -> Result<usize, String> {
-        let due = self
-            .kv
-            .get(&self.next_sweep_key())?
-            .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok())
-            .is_none_or(|due| due <= now_ms);
-        if !due {
-            return Ok(0);
-        }
-        let index_prefix = self.index_prefix();
-        let mut index = self.kv.keys(&index_prefix)?;
-        // Stores list keys in no promised order; the zero-padded time sorts oldest first.
-        index.sort_unstable();
-        let mut deleted = 0;
-        for key in &index {
-            if deleted == limit {
-                break;
-            }
-            let Some((marked_at, id)) = key[index_prefix.len()..].split_once('/') else {
-                self.kv.delete(key)?;
-                continue;
-            };
-            let Ok(marked_at) = marked_at.parse::<u64>() else {
-                self.kv.delete(key)?;
-                continue;
-            };
-            if marked_at.saturating_add(self.window_ms) > now_ms {
-                break;
-            }
-            self.kv.delete(key)?;
-            // A newer mark of the same id has its own index entry; leave it alone.
-            let mark_key = self.mark_key(id);
-            if self.kv.get(&mark_key)?.as_deref() == Some(marked_at.to_string().as_bytes()) {
-                self.kv.delete(&mark_key)?;
-            }
-            deleted += 1;
-        }
-        let next = if deleted == limit {
-            now_ms
-        } else {
-            now_ms.saturating_add(SWEEP_PAUSE_MS)
-        };
-        self.kv
-            .set(&self.next_sweep_key(), next.to_string().as_bytes())?;
-        Ok(deleted)
+        self.index()
+            .sweep(now_ms, self.window_ms, limit, |id, marked_at| {
+                // A newer mark of the same id has its own index entry; leave it alone.
+                let mark_key = self.mark_key(id);
+                if self.kv.get(&mark_key)?.as_deref() == Some(marked_at.to_string().as_bytes()) {
+                    self.kv.delete(&mark_key)?;
+                }
+                Ok(())
+            })
     }
 }
 
