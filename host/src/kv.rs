@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use wasmtime::component::Resource;
 
-use crate::db::Db;
+use crate::db::{Db, KvSnapshot};
 
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -106,6 +106,8 @@ struct StoreView {
 pub struct KvOverlay {
     /// `None` for calls that must not see state, such as `describe` at load time.
     db: Option<Arc<Db>>,
+    /// Taken at the call's first read of committed state, and kept for the rest of it.
+    snapshot: Option<KvSnapshot>,
     stores: Vec<StoreView>,
     cas: HashMap<u32, Cas>,
     next_cas: u32,
@@ -122,6 +124,7 @@ impl KvOverlay {
     pub fn new(db: Arc<Db>, stores: &[Arc<StoreState>]) -> Self {
         KvOverlay {
             db: Some(db),
+            snapshot: None,
             stores: stores
                 .iter()
                 .map(|state| StoreView {
@@ -139,6 +142,7 @@ impl KvOverlay {
     pub fn detached() -> Self {
         KvOverlay {
             db: None,
+            snapshot: None,
             stores: Vec::new(),
             cas: HashMap::new(),
             next_cas: 0,
@@ -218,14 +222,31 @@ impl KvOverlay {
         Some(value)
     }
 
+    /// Takes the call's snapshot of committed state, unless it has one or sees no state.
+    fn take_snapshot(&mut self) -> Result<(), store::Error> {
+        if self.snapshot.is_none()
+            && let Some(db) = &self.db
+        {
+            let snapshot = db
+                .kv_snapshot()
+                .map_err(|error| store::Error::Other(error.to_string()))?;
+            self.snapshot = Some(snapshot);
+        }
+        Ok(())
+    }
+
     fn read_committed(
-        &self,
+        &mut self,
         store: usize,
         keys: &[&str],
     ) -> Result<Vec<Option<Vec<u8>>>, store::Error> {
-        match &self.db {
-            Some(db) => db
-                .kv_get_many(&self.stores[store].label, keys)
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.take_snapshot()?;
+        match &self.snapshot {
+            Some(snapshot) => snapshot
+                .get_many(&self.stores[store].label, keys)
                 .map_err(|error| store::Error::Other(error.to_string())),
             None => Ok(vec![None; keys.len()]),
         }
@@ -239,10 +260,11 @@ impl KvOverlay {
         store: usize,
         cursor: Option<&str>,
     ) -> Result<store::KeyResponse, store::Error> {
+        self.take_snapshot()?;
         let view = &self.stores[store];
-        let (committed, complete) = match &self.db {
-            Some(db) => db
-                .kv_keys(&view.label, cursor, LIST_PAGE)
+        let (committed, complete) = match &self.snapshot {
+            Some(snapshot) => snapshot
+                .keys(&view.label, cursor, LIST_PAGE)
                 .map_err(|error| store::Error::Other(error.to_string()))?,
             None => (Vec::new(), true),
         };

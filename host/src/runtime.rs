@@ -342,6 +342,10 @@ impl Runtime {
     fn build(cache: Option<PathBuf>) -> Result<Arc<Self>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // `SIMRELAY_PERF_MAP=1` names plugin functions in /tmp/perf-<pid>.map, for `perf`.
+        if std::env::var_os("SIMRELAY_PERF_MAP").is_some_and(|value| value == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // A new instance takes a pooled slot, already mapped, with the plugin's memory
         // image mapped copy-on-write (`memory_init_cow`, on by default).
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(

@@ -133,6 +133,50 @@ impl Default for Retention {
     }
 }
 
+/// A read transaction on the key-value table: see [`Db::kv_snapshot`].
+pub struct KvSnapshot(redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>);
+
+impl KvSnapshot {
+    /// The label's values of `keys`, in order.
+    pub fn get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|key| {
+                Ok(self
+                    .0
+                    .get((label, *key))?
+                    .map(|value| value.value().to_vec()))
+            })
+            .collect()
+    }
+
+    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
+    /// order, and whether they are the last.
+    pub fn keys(
+        &self,
+        label: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        // Keys sort by label first: one label's keys run on from (label, "").
+        let mut keys = Vec::new();
+        for entry in self.0.range((label, cursor.unwrap_or(""))..)? {
+            let (key, _) = entry?;
+            let (entry_label, entry_key) = key.value();
+            if entry_label != label {
+                return Ok((keys, true));
+            }
+            if cursor == Some(entry_key) {
+                continue;
+            }
+            if keys.len() == limit {
+                return Ok((keys, false));
+            }
+            keys.push(entry_key.to_string());
+        }
+        Ok((keys, true))
+    }
+}
+
 /// What one retention pass removed.
 #[derive(Default, Debug, Serialize)]
 pub struct Compacted {
@@ -421,52 +465,13 @@ impl Db {
     }
 
     pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv_get_many(label, &[key])?.pop().flatten())
+        Ok(self.kv_snapshot()?.get_many(label, &[key])?.pop().flatten())
     }
 
-    /// The label's values of `keys`, in order, from one read transaction.
-    pub fn kv_get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(KV)?;
-        keys.iter()
-            .map(|key| {
-                Ok(table
-                    .get((label, *key))?
-                    .map(|value| value.value().to_vec()))
-            })
-            .collect()
-    }
-
-    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
-    /// order, and whether they are the last.
-    pub fn kv_keys(
-        &self,
-        label: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<String>, bool)> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(KV)?;
-        // Keys sort by label first: one label's keys run on from (label, "").
-        let mut keys = Vec::new();
-        for entry in table.range((label, cursor.unwrap_or(""))..)? {
-            let (key, _) = entry?;
-            let (entry_label, entry_key) = key.value();
-            if entry_label != label {
-                return Ok((keys, true));
-            }
-            if cursor == Some(entry_key) {
-                continue;
-            }
-            if keys.len() == limit {
-                return Ok((keys, false));
-            }
-            keys.push(entry_key.to_string());
-        }
-        Ok((keys, true))
+    /// The committed values of every store as they are now, for reads that belong together
+    /// (one plugin call's): one read transaction however many reads.
+    pub fn kv_snapshot(&self) -> Result<KvSnapshot> {
+        Ok(KvSnapshot(self.db.begin_read()?.open_table(KV)?))
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -1071,7 +1076,7 @@ mod tests {
         );
         assert_eq!(db.kv_get("b", "k").unwrap(), None);
         assert_eq!(
-            db.kv_keys("a", None, 10).unwrap(),
+            db.kv_snapshot().unwrap().keys("a", None, 10).unwrap(),
             (vec!["k".to_string()], true)
         );
     }
@@ -1086,7 +1091,7 @@ mod tests {
             &[],
         ))
         .unwrap();
-        let keys = |cursor, limit| db.kv_keys("a", cursor, limit).unwrap();
+        let keys = |cursor, limit| db.kv_snapshot().unwrap().keys("a", cursor, limit).unwrap();
         assert_eq!(keys(Some("1"), 10), (vec!["2".into(), "3".into()], true));
         assert_eq!(keys(Some("10"), 10), (vec!["2".into(), "3".into()], true));
         assert_eq!(keys(None, 2), (vec!["1".into(), "2".into()], false));

@@ -72,19 +72,44 @@ impl Alphabet {
     }
 }
 
-/// GSM 03.38: 1 septet for the basic table, 2 for the extension table (escape + code), none
-/// when the character needs UCS-2.
-fn gsm7_septets(c: char) -> Option<usize> {
-    const BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
-                         ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-    const EXTENSION: &str = "\u{c}^{}\\[~]|€";
-    if BASIC.contains(c) {
-        Some(1)
-    } else if EXTENSION.contains(c) {
-        Some(2)
-    } else {
-        None
+/// GSM 03.38: the basic table (1 septet) and the extension table (2: escape + code).
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+                          ¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+const GSM7_EXTENSION: &str = "\u{c}^{}\\[~]|€";
+
+/// The septets of each ASCII character, 0 for none, so that the common case is a lookup.
+const ASCII_SEPTETS: [u8; 128] = {
+    let mut table = [0; 128];
+    let mut i = 0;
+    // Bytes of multi-byte characters are all ≥ 0x80: only ASCII characters land here.
+    while i < GSM7_BASIC.len() {
+        if GSM7_BASIC.as_bytes()[i] < 128 {
+            table[GSM7_BASIC.as_bytes()[i] as usize] = 1;
+        }
+        i += 1;
     }
+    i = 0;
+    while i < GSM7_EXTENSION.len() {
+        if GSM7_EXTENSION.as_bytes()[i] < 128 {
+            table[GSM7_EXTENSION.as_bytes()[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// Septets of `c` in GSM 03.38; none when the character needs UCS-2.
+fn gsm7_septets(c: char) -> Option<usize> {
+    let septets = if c.is_ascii() {
+        ASCII_SEPTETS[c as usize]
+    } else if GSM7_BASIC.contains(c) {
+        1
+    } else if GSM7_EXTENSION.contains(c) {
+        2
+    } else {
+        0
+    };
+    (septets > 0).then_some(usize::from(septets))
 }
 
 /// A long SMS whose last part has not come yet.
@@ -229,6 +254,20 @@ mod tests {
 
     fn texts(messages: &[ReceivedMessage]) -> Vec<&str> {
         messages.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_gsm_tables() {
+        for c in (0u8..128).map(char::from) {
+            let slow = if GSM7_BASIC.contains(c) {
+                Some(1)
+            } else if GSM7_EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(gsm7_septets(c), slow, "{c:?}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use simrelay_sdk::dedupe::fingerprint;
+use simrelay_sdk::Fingerprint;
 use simrelay_sdk::encoding::base64_lenient;
 use simrelay_sdk::lenient;
 use simrelay_sdk::time::{parse_timestamp, unix_time_ms};
@@ -200,15 +200,11 @@ fn received_at_ms(value: &Value) -> Option<u64> {
 /// which says nothing about which SMS this is). Two identical SMS at different times differ
 /// in their timestamps.
 fn row_id(device: Option<&str>, cells: &[Value]) -> String {
-    let fields = [
-        device.unwrap_or_default().to_owned(),
-        cells[1].to_string(),
-        cells[2].to_string(),
-        cells[3].to_string(),
-        cells[4].to_string(),
-        cells[5].to_string(),
-    ];
-    format!("ejoin-{}", fingerprint(&fields))
+    let fingerprint = cells[1..6].iter().fold(
+        Fingerprint::default().field(device.unwrap_or_default().as_bytes()),
+        Fingerprint::json_field,
+    );
+    format!("ejoin-{}", fingerprint.hex())
 }
 
 #[cfg(test)]
@@ -219,6 +215,20 @@ pub(crate) mod tests {
 
     pub(crate) fn b64(text: &str) -> String {
         base64_encode(text)
+    }
+
+    #[test]
+    fn row_ids_are_the_fingerprint_of_the_cells_as_json_text() {
+        // Ids are stored as de-duplication marks: they must not change across versions.
+        let cells = json!([0, "1.01", 1_700_000_000, "Bank \"A\"", null, "SGk="]);
+        let cells = cells.as_array().unwrap();
+        let fields: Vec<String> = std::iter::once("dev".to_string())
+            .chain(cells[1..6].iter().map(Value::to_string))
+            .collect();
+        assert_eq!(
+            row_id(Some("dev"), cells),
+            format!("ejoin-{}", simrelay_sdk::dedupe::fingerprint(&fields))
+        );
     }
 
     fn rows(body: Value) -> (Vec<Row>, Vec<String>) {

@@ -11,15 +11,62 @@ use crate::KeyValue;
 /// sends without one. FNV-1a over the fields, each followed by 0xff, a byte UTF-8 never
 /// contains, so moving text from one field to the next changes the fingerprint.
 pub fn fingerprint<S: AsRef<str>>(fields: &[S]) -> String {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = fields
+    fields
         .iter()
-        .flat_map(|field| field.as_ref().bytes().chain([0xff]))
-        .fold(OFFSET_BASIS, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        });
-    format!("{hash:016x}")
+        .fold(Fingerprint::default(), |hash, field| {
+            hash.field(field.as_ref().as_bytes())
+        })
+        .hex()
+}
+
+/// [`fingerprint`] built field by field, without gathering the fields first.
+#[derive(Clone, Copy)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    fn bytes(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(PRIME);
+        }
+    }
+
+    /// Adds a field.
+    pub fn field(mut self, bytes: &[u8]) -> Self {
+        self.bytes(bytes);
+        self.bytes(&[0xff]);
+        self
+    }
+
+    /// Adds a JSON value as a field, in its compact text (`value.to_string()`), without
+    /// writing that text out.
+    pub fn json_field(mut self, value: &serde_json::Value) -> Self {
+        serde_json::to_writer(&mut self, value).expect("hashing never fails");
+        self.bytes(&[0xff]);
+        self
+    }
+
+    /// The fingerprint as 16 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+impl std::io::Write for Fingerprint {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.bytes(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How long a sweep that found nothing more to delete waits before listing keys again, at
@@ -195,6 +242,18 @@ mod tests {
         assert_eq!(fingerprint(&["a"]), format!("{hash_of_a:016x}"));
         assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
         assert_eq!(fingerprint::<&str>(&[]), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn json_fields_hash_as_their_compact_text() {
+        let value = serde_json::json!({"a": [1, "x\"y", null], "b": 2.5});
+        assert_eq!(
+            Fingerprint::default()
+                .field(b"dev")
+                .json_field(&value)
+                .hex(),
+            fingerprint(&["dev".to_string(), value.to_string()])
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod store;
 pub mod testing;
 pub mod time;
 
-pub use dedupe::{ExpiryIndex, MarkOnce};
+pub use dedupe::{ExpiryIndex, Fingerprint, MarkOnce};
 /// The SDK's JSON library, so adapters and the SDK's [`lenient`] readers agree on one version.
 pub use serde_json;
 pub use store::{KeyValue, MemoryStore, Stores, WasiStore};
