@@ -232,16 +232,14 @@ async fn attempt(
                 Err(error) => DeliveryOutcome::TransportError(error),
             };
             drop(permit);
-            let relay = relay.clone();
-            tokio::task::spawn_blocking(move || {
+            crate::block_here(|| {
                 span.in_scope(|| relay.submit_response(&instance, record, outcome))
             })
-            .await?
+            .map_err(anyhow::Error::msg)?
         }
     };
     if let Some(submitted) = submitted {
-        let relay = relay.clone();
-        tokio::task::spawn_blocking(move || submitted.finish(&relay)).await??;
+        crate::block_here(|| submitted.finish(relay)).map_err(anyhow::Error::msg)??;
     }
     Ok(())
 }

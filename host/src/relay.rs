@@ -1041,9 +1041,7 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
                 () = target.stopped() => return,
             };
             let (relay, instance) = (worker.clone(), target.clone());
-            // Calls block on wasm and the database; they belong on the blocking pool.
-            let Ok(Some(submitted)) =
-                tokio::task::spawn_blocking(move || relay.submit_event(&instance, id)).await
+            let Ok(Some(submitted)) = crate::block_here(|| relay.submit_event(&instance, id))
             else {
                 continue;
             };

@@ -334,10 +334,9 @@ pub async fn webhook(
     let instance_name = instance.name.clone();
     let handled = {
         let (relay, message_id, span) = (relay.clone(), message_id.clone(), span.clone());
-        tokio::task::spawn_blocking(move || {
+        crate::block_here(|| {
             span.in_scope(|| relay.handle_webhook(&instance, &message_id, &request))
         })
-        .await
     };
     drop(reserved);
     let mut response = match handled {
