@@ -84,6 +84,8 @@ fn return_freed_memory_at_once() {
     }
 }
 
+const MAX_BLOCKING_THREADS: usize = 64;
+
 fn main() -> Result<()> {
     return_freed_memory_at_once();
     tracing_subscriber::fmt()
@@ -154,7 +156,12 @@ fn serve(
     Deployer::effective_config(&mut config, &data_dir)?;
     let loaded = Relay::load(&config, &data_dir)?;
 
-    let runtime = tokio::runtime::Runtime::new()?;
+    // Calls and commit waits block their thread (`block_here`); each thread costs memory,
+    // and past a few dozen more only queue on the same instance locks and disk.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()?;
     // Made before anything listens, so whoever sees the host up can read it.
     let token = admin::token(config.host.admin.token.as_deref(), &data_dir)?;
     runtime.block_on(async move {

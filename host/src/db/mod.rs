@@ -133,6 +133,17 @@ impl Default for Retention {
     }
 }
 
+/// redb caches every page it reads or writes up to its cache size, 1 GiB by default: the
+/// host's memory would follow the database's size. Hot state (open activations, live marks,
+/// pending deliveries) is far smaller than this.
+const PAGE_CACHE_BYTES: usize = 32 << 20;
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(PAGE_CACHE_BYTES);
+    builder
+}
+
 /// A read transaction on the key-value table: see [`Db::kv_snapshot`].
 pub struct KvSnapshot(redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>);
 
@@ -427,9 +438,9 @@ impl Db {
                     .truncate(false)
                     .open(&path)?;
                 let backend = faults::FaultyBackend::new(file, trigger.into())?;
-                redb::Builder::new().create_with_backend(backend)
+                builder().create_with_backend(backend)
             }
-            None => Database::create(&path),
+            None => builder().create(&path),
         }
         .with_context(|| format!("cannot open database {}", path.display()))?;
         let txn = db.begin_write()?;
