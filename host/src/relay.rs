@@ -1040,9 +1040,7 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
                 id = target.events.next_due() => id,
                 () = target.stopped() => return,
             };
-            let (relay, instance) = (worker.clone(), target.clone());
-            let Ok(Some(submitted)) = crate::block_here(|| relay.submit_event(&instance, id))
-            else {
+            let Ok(Some(submitted)) = crate::block_here(|| worker.submit_event(&target, id)) else {
                 continue;
             };
             let relay = worker.clone();

@@ -332,12 +332,9 @@ pub async fn webhook(
         body,
     };
     let instance_name = instance.name.clone();
-    let handled = {
-        let (relay, message_id, span) = (relay.clone(), message_id.clone(), span.clone());
-        crate::block_here(|| {
-            span.in_scope(|| relay.handle_webhook(&instance, &message_id, &request))
-        })
-    };
+    let handled = crate::block_here(|| {
+        span.in_scope(|| relay.handle_webhook(&instance, &message_id, &request))
+    });
     drop(reserved);
     let mut response = match handled {
         Ok(Ok(answer)) => {

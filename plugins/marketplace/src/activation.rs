@@ -2,8 +2,8 @@
 //! activation finishes it or receives its SMS.
 //!
 //! Own keys: `activation/<id>` (the record, kept `forget_after_secs` after it ends so a
-//! repeated FINISH_ACTIVATION is recognised; `ended@…` indexes them by end), `open/<id>` (the open ones, for reconciliation) and
-//! `route/…` (how a received SMS finds the open activation on its card: by ICCID, by
+//! repeated FINISH_ACTIVATION is recognised; `ended@…` indexes them by end), `open/<id>`
+//! (the open ones, for reconciliation) and `route/…` (how a received SMS finds the open activation on its card: by ICCID, by
 //! number, by gateway port).
 
 use serde::{Deserialize, Serialize};
@@ -197,9 +197,9 @@ pub fn close(
         by,
     });
     save(own, &activation)?;
-    ExpiryIndex::new(own, ENDED_INDEX).add(now_ms, &id.to_string())?;
-    own.delete(&format!("{OPEN_PREFIX}{id}"))?;
     let id_text = id.to_string();
+    ExpiryIndex::new(own, ENDED_INDEX).add(now_ms, &id_text)?;
+    own.delete(&format!("{OPEN_PREFIX}{id}"))?;
     for route in activation.routes() {
         // A route another activation took over since stays.
         if own.get(&route)?.as_deref() == Some(id_text.as_bytes()) {

@@ -1263,7 +1263,7 @@ fn ticks_forget_pushes_and_ended_activations_after_their_window() {
     assert_eq!(finish(&market, &farm, &reply["activationId"], 3).0, 200);
     market.at(T0 + 59_000).tick();
     assert!(market.own.exists("sms/m1").unwrap());
-    assert!(market.own.keys("activation/").unwrap().len() == 1);
+    assert_eq!(market.own.keys("activation/").unwrap().len(), 1);
     // The sweep at 59 s found nothing due, so the next waits half the window.
     market.at(T0 + 61_000).tick();
     assert!(market.own.exists("sms/m1").unwrap());

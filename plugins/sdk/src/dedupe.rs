@@ -2,8 +2,8 @@
 //! re-send pushes and pollers that see the same item twice, without state growing forever.
 //!
 //! A mark is live for `window_ms` after it was set. An expired mark that no sweep has deleted
-//! yet counts as absent. [`MarkOnce::sweep`] does bounded work per call, so it fits in a tick. [`ExpiryIndex`]
-//! gives any other record the same expiry.
+//! yet counts as absent. [`MarkOnce::sweep`] does bounded work per call, so it fits in a
+//! tick. [`ExpiryIndex`] gives any other record the same expiry.
 
 use crate::KeyValue;
 
@@ -105,8 +105,8 @@ impl<'a> ExpiryIndex<'a> {
             .set(&format!("{}{at_ms:020}/{id}", self.entries_prefix()), b"")
     }
 
-    /// Hands at most `limit` entries older than `window_ms`, oldest first, to `expire(id, recorded_at_ms)`,
-    /// deletes them and returns how many. Lists the index only when a sweep is due: right
+    /// Hands at most `limit` entries older than `window_ms`, oldest first, to
+    /// `expire(id, recorded_at_ms)`, deletes them and returns how many. Lists the index only when a sweep is due: right
     /// after a sweep that hit `limit`, else a pause after the last.
     pub fn sweep(
         &self,

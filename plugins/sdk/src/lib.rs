@@ -7,8 +7,8 @@
 //!
 //! What several adapters need lives here rather than in copies: [`encoding`] (lenient base64,
 //! form and percent encoding), [`time`] (the date formats providers send), [`dedupe`]
-//! (mark-once de-duplication and any record's expiry by time, fingerprints), [`lenient`] (loosely typed JSON
-//! fields), [`http`] (headers, request builders, `Retry-After` and `X-RateLimit-*`),
+//! (mark-once de-duplication and any record's expiry by time, fingerprints), [`lenient`]
+//! (loosely typed JSON fields), [`http`] (headers, request builders, `Retry-After` and `X-RateLimit-*`),
 //! [`secrets_match`], and, with the `testing` feature, property-test strategies in `testing`.
 //!
 //! ```
