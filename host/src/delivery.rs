@@ -239,7 +239,7 @@ async fn attempt(
         }
     };
     if let Some(submitted) = submitted {
-        crate::block_here(|| submitted.finish(relay)).map_err(anyhow::Error::msg)??;
+        submitted.durable(relay).await?;
     }
     Ok(())
 }

@@ -27,10 +27,10 @@ pub mod server;
 
 pub use simrelay_core::model;
 
-/// Runs blocking work (a plugin call, a wait for the disk) on this worker thread, after
-/// tokio has handed the thread's other tasks to another: cheaper than a trip to the
-/// blocking pool and back. A panic comes back as its message. Needs the multi-thread
-/// runtime.
+/// Runs blocking work (a plugin call and the queueing of its outcome) on this worker
+/// thread, after tokio has handed the thread's other tasks to another: cheaper than a trip
+/// to the blocking pool and back. A panic comes back as its message. Needs the
+/// multi-thread runtime.
 pub fn block_here<R>(work: impl FnOnce() -> R) -> Result<R, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tokio::task::block_in_place(work)

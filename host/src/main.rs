@@ -156,8 +156,9 @@ fn serve(
     Deployer::effective_config(&mut config, &data_dir)?;
     let loaded = Relay::load(&config, &data_dir)?;
 
-    // Calls and commit waits block their thread (`block_here`); each thread costs memory,
-    // and past a few dozen more only queue on the same instance locks and disk.
+    // Plugin calls (`block_here`), ticks, retention and operator work each hold a thread of
+    // the blocking pool while they run; each thread costs memory, and past a few dozen more
+    // only queue on the same instance locks and disk.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)

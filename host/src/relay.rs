@@ -162,21 +162,54 @@ type RollbackHook = Box<dyn Fn(&str, &InstanceConfig) + Send + Sync>;
 /// A call's outcome on its way to disk, and what to do once it is there.
 pub struct Submitted {
     pending: PendingCommit,
+    after: AfterCommit,
+}
+
+/// What a commit leaves to do once it is durable.
+struct AfterCommit {
+    sequence: Option<u64>,
     /// Stores whose unflushed layer holds this commit's writes.
     layered: Vec<Arc<StoreState>>,
     /// A delivery to retry when its record was stored as pending.
     retry_delivery: Option<(u64, u64)>,
+    /// `delivery-health` events the outcome caused, committed on their own.
+    alerts: Option<PendingCommit>,
 }
 
 impl Submitted {
     /// Blocks until the commit (and all it read) is durable, then schedules what it added.
-    pub fn finish(self, relay: &Relay) -> Result<Committed> {
-        let sequence = self.pending.sequence();
+    /// Not from a task: there, [`Submitted::durable`].
+    pub fn finish(mut self, relay: &Relay) -> Result<Committed> {
         let committed = self.pending.wait();
-        if let Some(sequence) = sequence {
+        let alerts = self.after.alerts.take().map(PendingCommit::wait);
+        self.after.run(relay, committed, alerts)
+    }
+
+    /// Resolves once the commit (and all it read) is durable, having scheduled what it added.
+    pub async fn durable(mut self, relay: &Relay) -> Result<Committed> {
+        let committed = self.pending.durable().await;
+        let alerts = match self.after.alerts.take() {
+            Some(alerts) => Some(alerts.durable().await),
+            None => None,
+        };
+        self.after.run(relay, committed, alerts)
+    }
+}
+
+impl AfterCommit {
+    fn run(
+        self,
+        relay: &Relay,
+        committed: Result<Committed>,
+        alerts: Option<Result<Committed>>,
+    ) -> Result<Committed> {
+        if let Some(sequence) = self.sequence {
             for store in &self.layered {
                 store.remove_durable(sequence);
             }
+        }
+        if let Some(Ok(alerts)) = alerts {
+            relay.schedule(&alerts);
         }
         let committed = committed?;
         relay.schedule(&committed);
@@ -486,13 +519,14 @@ impl Relay {
         *instance.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(active);
     }
 
-    /// Runs an `on-webhook` call; the reply is returned only once its outcome is durable.
-    pub fn handle_webhook(
+    /// Runs an `on-webhook` call and queues its outcome: the reply may go out once the
+    /// outcome is durable ([`Submitted::durable`]).
+    pub fn call_webhook(
         &self,
         instance: &Arc<Instance>,
         message_id: &str,
         request: &HttpRequest,
-    ) -> Result<HttpReply, Failure> {
+    ) -> Result<(HttpReply, Submitted), Failure> {
         let now = crate::now_ms();
         let (result, submitted) = self.submit(
             instance,
@@ -502,10 +536,8 @@ impl Relay {
             |_, _| Consumed::Nothing,
         );
         let submitted = submitted.map_err(Failure::Storage)?;
-        let output = result?;
-        submitted.finish(self).map_err(Failure::Storage)?;
-        match output {
-            Output::Webhook(outcome) => Ok(outcome.reply),
+        match result? {
+            Output::Webhook(outcome) => Ok((outcome.reply, submitted)),
             other => unreachable!("a webhook call answered {other:?}"),
         }
     }
@@ -614,14 +646,19 @@ impl Relay {
                 Consumed::DeliveryUpdated(record)
             },
         );
-        if let Some((failed, last_error, destination)) = health {
-            self.note_delivery_health(instance, failed, last_error, destination, now);
+        let alerts = health.and_then(|(failed, last_error, destination)| {
+            self.note_delivery_health(instance, failed, last_error, destination, now)
+        });
+        let mut submitted = self.submitted_delivery(id, now, submitted, retry_at);
+        if let Some(submitted) = &mut submitted {
+            submitted.after.alerts = alerts;
         }
-        self.submitted_delivery(id, now, submitted, retry_at)
+        submitted
     }
 
     /// Sends `delivery-health` events to the instances in `alerts_to` when an instance's
-    /// failed attempts in a row reach 1, 2, 4, 8, … and when one succeeds after failures.
+    /// failed attempts in a row reach 1, 2, 4, 8, … and when one succeeds after failures;
+    /// returns their commit.
     fn note_delivery_health(
         &self,
         instance: &Instance,
@@ -629,7 +666,7 @@ impl Relay {
         last_error: Option<String>,
         destination: String,
         now: u64,
-    ) {
+    ) -> Option<PendingCommit> {
         let failures = {
             let mut counts = self
                 .delivery_failures
@@ -641,7 +678,7 @@ impl Relay {
             match (failed, before) {
                 (true, _) if count.is_power_of_two() => *count,
                 (false, before) if before > 0 => 0,
-                _ => return,
+                _ => return None,
             }
         };
         let targets = self
@@ -650,7 +687,7 @@ impl Relay {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if targets.is_empty() {
-            return;
+            return None;
         }
         let event = Event::DeliveryHealth(crate::model::DeliveryHealth {
             instance: instance.name.clone(),
@@ -669,11 +706,7 @@ impl Relay {
                 .collect(),
             ..Default::default()
         };
-        // Alerts ride the same queue of commits; nothing waits on them.
-        let pending = self.db.submit(commit);
-        if let Ok(committed) = pending.wait() {
-            self.schedule(&committed);
-        }
+        Some(self.db.submit(commit))
     }
 
     /// Records a delivery the host refused to send, without asking the plugin.
@@ -712,7 +745,7 @@ impl Relay {
     ) -> Option<Submitted> {
         match submitted {
             Ok(mut submitted) => {
-                submitted.retry_delivery = retry_at;
+                submitted.after.retry_delivery = retry_at;
                 Some(submitted)
             }
             Err(error) => {
@@ -948,8 +981,9 @@ impl Relay {
     ) -> Submitted {
         let writes = commit.kv.clone();
         let pending = self.db.submit(commit);
+        let sequence = pending.sequence();
         let mut layered = Vec::new();
-        if let Some(sequence) = pending.sequence() {
+        if let Some(sequence) = sequence {
             for (label, writes) in writes {
                 if let Some(store) = stores.iter().find(|store| store.label == label) {
                     store.push_unflushed(sequence, writes);
@@ -960,8 +994,12 @@ impl Relay {
         drop(guards);
         Submitted {
             pending,
-            layered,
-            retry_delivery: None,
+            after: AfterCommit {
+                sequence,
+                layered,
+                retry_delivery: None,
+                alerts: None,
+            },
         }
     }
 
@@ -1045,8 +1083,8 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
             };
             let relay = worker.clone();
             // The next event may start while this one's commit reaches the disk.
-            tokio::task::spawn_blocking(move || {
-                if let Err(error) = submitted.finish(&relay) {
+            tokio::spawn(async move {
+                if let Err(error) = submitted.durable(&relay).await {
                     warn!(
                         event = id,
                         "cannot store the outcome of an event: {error:#}"

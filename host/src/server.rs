@@ -332,15 +332,18 @@ pub async fn webhook(
         body,
     };
     let instance_name = instance.name.clone();
-    let handled = crate::block_here(|| {
-        span.in_scope(|| relay.handle_webhook(&instance, &message_id, &request))
+    let called = crate::block_here(|| {
+        span.in_scope(|| relay.call_webhook(&instance, &message_id, &request))
     });
     drop(reserved);
-    let mut response = match handled {
-        Ok(Ok(answer)) => {
-            span.in_scope(|| info!(status = answer.status, "webhook handled"));
-            reply(answer)
-        }
+    let mut response = match called {
+        Ok(Ok((answer, submitted))) => match submitted.durable(&relay).await {
+            Ok(_) => {
+                span.in_scope(|| info!(status = answer.status, "webhook handled"));
+                reply(answer)
+            }
+            Err(error) => failure(Failure::Storage(error)),
+        },
         Ok(Err(refused)) => failure(refused),
         Err(panic) => {
             span.in_scope(|| warn!("webhook handler panicked: {panic}"));

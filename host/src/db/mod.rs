@@ -10,7 +10,8 @@ mod faults;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{
@@ -18,6 +19,7 @@ use redb::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use crate::kv::KvWrites;
 use crate::model::{Event, OutgoingRequest};
@@ -260,45 +262,10 @@ pub struct Committed {
     pub compacted: Option<Compacted>,
 }
 
-type CommitJob = (u64, Commit, mpsc::SyncSender<Result<Committed, String>>);
+/// A commit's reply: answered from the committer thread, awaited by a task or a thread.
+type Reply = oneshot::Sender<Result<Committed, String>>;
 
-/// How far the queue of commits has reached the disk.
-#[derive(Default)]
-struct Durability {
-    state: Mutex<Watermark>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct Watermark {
-    /// Every commit up to this sequence is durable.
-    durable: u64,
-    /// A commit failed: nothing queued from then on will become durable.
-    failed: bool,
-}
-
-impl Durability {
-    fn wait_for(&self, sequence: u64) -> Result<()> {
-        let mut watermark = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if watermark.durable >= sequence {
-                return Ok(());
-            }
-            if watermark.failed {
-                anyhow::bail!("an earlier commit this call read from failed");
-            }
-            watermark = self
-                .changed
-                .wait(watermark)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Watermark)) {
-        change(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()));
-        self.changed.notify_all();
-    }
-}
+type CommitJob = (u64, Commit, Reply);
 
 /// The queue into the committer thread; the sequence is taken under the same lock as the
 /// send, so the committer sees commits in sequence order.
@@ -309,7 +276,8 @@ struct Queue {
 
 pub struct Db {
     db: Arc<Database>,
-    durability: Arc<Durability>,
+    /// Every commit up to this sequence is durable.
+    durable: Arc<AtomicU64>,
     /// `None` only while dropping.
     queue: Mutex<Option<Queue>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -333,9 +301,7 @@ pub struct PendingCommit {
 
 enum PendingState {
     Done(Committed),
-    /// Nothing to write, but it read writes that must become durable first.
-    AfterDurable(u64, Arc<Durability>),
-    Waiting(mpsc::Receiver<Result<Committed, String>>),
+    Waiting(oneshot::Receiver<Result<Committed, String>>),
 }
 
 impl PendingCommit {
@@ -344,18 +310,29 @@ impl PendingCommit {
         self.sequence
     }
 
-    /// Blocks until the commit, and every commit it read from, is durable.
+    /// Blocks until the commit, and every commit it read from, is durable. Not from a task:
+    /// there, [`PendingCommit::durable`].
     pub fn wait(self) -> Result<Committed> {
         match self.state {
             PendingState::Done(committed) => Ok(committed),
-            PendingState::AfterDurable(sequence, durability) => {
-                durability.wait_for(sequence)?;
-                Ok(Committed::default())
-            }
-            PendingState::Waiting(reply) => match reply.recv() {
-                Ok(result) => result.map_err(anyhow::Error::msg),
-                Err(_) => anyhow::bail!("the database committer stopped"),
-            },
+            PendingState::Waiting(reply) => Self::answer(reply.blocking_recv()),
+        }
+    }
+
+    /// Resolves once the commit, and every commit it read from, is durable.
+    pub async fn durable(self) -> Result<Committed> {
+        match self.state {
+            PendingState::Done(committed) => Ok(committed),
+            PendingState::Waiting(reply) => Self::answer(reply.await),
+        }
+    }
+
+    fn answer(
+        reply: Result<Result<Committed, String>, oneshot::error::RecvError>,
+    ) -> Result<Committed> {
+        match reply {
+            Ok(result) => result.map_err(anyhow::Error::msg),
+            Err(_) => anyhow::bail!("the database committer stopped"),
         }
     }
 }
@@ -367,7 +344,10 @@ const MAX_BATCH: usize = 256;
 ///
 /// A failed transaction stops the process: later calls may already have read that batch's
 /// writes, and none of its commits was acknowledged, so a restart loses nothing.
-fn run_committer(db: Arc<Database>, durability: Arc<Durability>, queue: mpsc::Receiver<CommitJob>) {
+///
+/// A commit with nothing to write only waits for the commits queued before it: a batch of
+/// such commits needs no transaction.
+fn run_committer(db: Arc<Database>, durable: Arc<AtomicU64>, queue: mpsc::Receiver<CommitJob>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -377,37 +357,48 @@ fn run_committer(db: Arc<Database>, durability: Arc<Durability>, queue: mpsc::Re
             }
         }
         let started = std::time::Instant::now();
+        let writes = batch
+            .iter()
+            .filter(|(_, commit, _)| !commit.is_empty())
+            .count();
         let result = (|| -> Result<Vec<Committed>> {
+            if writes == 0 {
+                return Ok(batch.iter().map(|_| Committed::default()).collect());
+            }
             let txn = db.begin_write()?;
             let committed = batch
                 .iter_mut()
-                .map(|(_, commit, _)| apply(&txn, std::mem::take(commit)))
+                .map(|(_, commit, _)| match commit.is_empty() {
+                    true => Ok(Committed::default()),
+                    false => apply(&txn, std::mem::take(commit)),
+                })
                 .collect::<Result<Vec<_>>>()?;
             txn.commit()?;
             Ok(committed)
         })();
         let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
-        let metrics = crate::metrics::metrics();
-        metrics.batch(
-            "simrelay_commit_batch_size",
-            "Call outcomes per transaction.",
-            batch.len(),
-        );
-        metrics.latency(
-            "simrelay_commit_seconds",
-            "Time to write and fsync one transaction.",
-            &[],
-            started.elapsed(),
-        );
+        if writes > 0 {
+            let metrics = crate::metrics::metrics();
+            metrics.batch(
+                "simrelay_commit_batch_size",
+                "Call outcomes per transaction.",
+                writes,
+            );
+            metrics.latency(
+                "simrelay_commit_seconds",
+                "Time to write and fsync one transaction.",
+                &[],
+                started.elapsed(),
+            );
+        }
         match result {
             Ok(committed) => {
-                durability.update(|watermark| watermark.durable = last);
+                durable.store(last, Ordering::Release);
                 for ((_, _, reply), committed) in batch.into_iter().zip(committed) {
                     let _ = reply.send(Ok(committed));
                 }
             }
             Err(error) => {
-                durability.update(|watermark| watermark.failed = true);
                 let message = format!("database commit failed: {error:#}");
                 for (_, _, reply) in batch {
                     let _ = reply.send(Err(message.clone()));
@@ -458,15 +449,15 @@ impl Db {
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
         let db = Arc::new(db);
-        let durability = Arc::new(Durability::default());
+        let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
-        let (writer, watermark) = (db.clone(), durability.clone());
+        let (writer, watermark) = (db.clone(), durable.clone());
         let committer = std::thread::Builder::new()
             .name("db-committer".into())
             .spawn(move || run_committer(writer, watermark, receiver))?;
         Ok(Db {
             db,
-            durability,
+            durable,
             queue: Mutex::new(Some(Queue {
                 sender,
                 next_sequence: 1,
@@ -487,21 +478,21 @@ impl Db {
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
     pub fn submit(&self, commit: Commit) -> PendingCommit {
-        if commit.is_empty() {
-            // Nothing to write: spare the transaction and its fsync, but not the wait for
-            // what the call read.
-            let state = match commit.read_unflushed {
-                Some(sequence) => PendingState::AfterDurable(sequence, self.durability.clone()),
-                None => PendingState::Done(Committed::default()),
-            };
+        let writes = !commit.is_empty();
+        if !writes
+            && commit
+                .read_unflushed
+                .is_none_or(|read| read <= self.durable.load(Ordering::Acquire))
+        {
+            // Nothing to write, nothing unflushed read: spare the queue.
             return PendingCommit {
                 sequence: None,
-                state,
+                state: PendingState::Done(Committed::default()),
             };
         }
-        let (reply, receiver) = mpsc::sync_channel(1);
+        let (reply, receiver) = oneshot::channel();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        // A send fails only once the committer is gone; `wait` then reports it.
+        // A send fails only once the committer is gone; waiting then reports it.
         let sequence = queue.as_mut().map(|queue| {
             let sequence = queue.next_sequence;
             queue.next_sequence += 1;
@@ -509,7 +500,7 @@ impl Db {
             sequence
         });
         PendingCommit {
-            sequence,
+            sequence: sequence.filter(|_| writes),
             state: PendingState::Waiting(receiver),
         }
     }
