@@ -68,6 +68,11 @@ impl StoreState {
         self.lock.lock_arc()
     }
 
+    /// The lock, if no call holds it.
+    pub fn try_lock(&self) -> Option<StoreGuard> {
+        self.lock.try_lock_arc()
+    }
+
     /// Makes a queued commit's writes visible to later calls until it is durable.
     pub fn push_unflushed(&self, sequence: u64, writes: Arc<KvWrites>) {
         unpoisoned(self.unflushed.lock()).push((sequence, writes));

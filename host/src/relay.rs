@@ -123,6 +123,17 @@ impl Instance {
         }
     }
 
+    /// The same as [`Instance::lock`] if no call holds any of the stores.
+    fn try_lock(&self) -> Option<(Arc<Active>, Vec<StoreGuard>)> {
+        let active = self.active();
+        let guards = active
+            .stores
+            .iter()
+            .map(|store| store.try_lock())
+            .collect::<Option<Vec<StoreGuard>>>()?;
+        Arc::ptr_eq(&active, &self.active()).then_some((active, guards))
+    }
+
     /// Resolves once the instance is removed.
     pub async fn stopped(&self) {
         let notified = self.stop.notified();
@@ -722,17 +733,14 @@ impl Relay {
         let message_id = record.message_id.clone();
         let record = decide::refused(record, reason, now);
         let (_, guards) = instance.lock();
-        let submitted = self.queue_commit(
-            Vec::new(),
-            guards,
-            Commit {
-                instance: instance.name.clone(),
-                message_id,
-                now_ms: now,
-                consumed: Consumed::DeliveryUpdated(record),
-                ..Default::default()
-            },
-        );
+        let commit = Commit {
+            instance: instance.name.clone(),
+            message_id,
+            now_ms: now,
+            consumed: Consumed::DeliveryUpdated(record),
+            ..Default::default()
+        };
+        let submitted = self.queue_commit(vec![(commit, &[])], guards);
         self.submitted_delivery(id, now, Ok(submitted), None)
     }
 
@@ -843,6 +851,39 @@ impl Relay {
         consumed: impl FnOnce(&Active, Result<&Output, &str>) -> Consumed,
     ) -> (Result<Output, Failure>, Result<Submitted>) {
         let (active, guards) = instance.lock();
+        let (result, mut commit) =
+            self.call(instance, &active, message_id, now_ms, input, consumed);
+        let mut held = guards;
+        let mut targets = Vec::new();
+        let mut outcomes = Vec::new();
+        for (outcome, target, guards) in self.hand_over(&mut commit, now_ms) {
+            outcomes.push(outcome);
+            targets.push(target);
+            held.extend(guards);
+        }
+        let commits = std::iter::once((commit, active.stores.as_slice()))
+            .chain(
+                outcomes
+                    .into_iter()
+                    .zip(targets.iter().map(|t| t.stores.as_slice())),
+            )
+            .collect();
+        let submitted = self.queue_commit(commits, held);
+        self.roll_back_if_failing(instance, &active);
+        (result, Ok(submitted))
+    }
+
+    /// Calls the plugin serving `instance` (its stores locked) and gathers the outcome,
+    /// with the fate of the input decided by `consumed`, into a commit.
+    fn call(
+        &self,
+        instance: &Instance,
+        active: &Active,
+        message_id: &str,
+        now_ms: u64,
+        input: Input<'_>,
+        consumed: impl FnOnce(&Active, Result<&Output, &str>) -> Consumed,
+    ) -> (Result<Output, Failure>, Commit) {
         let ctx = CallContext {
             instance: instance.name.clone(),
             settings: active.settings.clone(),
@@ -884,7 +925,7 @@ impl Relay {
             }
         }
         let consumed = consumed(
-            &active,
+            active,
             result.as_ref().map_err(|(_, message)| message.as_str()),
         );
         let mut commit = Commit {
@@ -921,9 +962,57 @@ impl Relay {
             }
             Err((error, message)) => Err(Failure::Call(error, message)),
         };
-        let submitted = self.queue_commit(active.stores.clone(), guards, commit);
-        self.roll_back_if_failing(instance, &active);
-        (result, Ok(submitted))
+        (result, commit)
+    }
+
+    /// Hands the commit's events to their targets at once where a target is idle (nothing
+    /// queued for it, no call in progress): its outcome then commits in the same
+    /// transaction as the event's cause, and the event is never stored. The others stay
+    /// in the commit, to be queued. The targets' stores stay locked until the commit is.
+    fn hand_over(
+        &self,
+        commit: &mut Commit,
+        now_ms: u64,
+    ) -> Vec<(Commit, Arc<Active>, Vec<StoreGuard>)> {
+        let mut handed = Vec::new();
+        let mut queued = Vec::new();
+        for new in std::mem::take(&mut commit.events) {
+            match self.handle_now(&new, &commit.message_id, now_ms) {
+                Some(outcome) => handed.push(outcome),
+                None => queued.push(new),
+            }
+        }
+        commit.events = queued;
+        handed
+    }
+
+    /// Runs `new`'s call on its target now, if the target is idle and the call succeeds.
+    /// A failed call leaves the event to the queue and its retries.
+    fn handle_now(
+        &self,
+        new: &NewEvent,
+        message_id: &str,
+        now_ms: u64,
+    ) -> Option<(Commit, Arc<Active>, Vec<StoreGuard>)> {
+        let target = self.instance(&new.target)?;
+        // Behind a backlog, the event waits its turn.
+        if target.events.depth().0 > 0 || target.is_removed() {
+            return None;
+        }
+        let (active, guards) = target.try_lock()?;
+        let _span =
+            info_span!("event", message_id = %message_id, instance = %target.name).entered();
+        let (result, commit) = self.call(
+            &target,
+            &active,
+            message_id,
+            now_ms,
+            Input::Event(&new.event),
+            |_, _| Consumed::Nothing,
+        );
+        self.roll_back_if_failing(&target, &active);
+        result.ok()?;
+        Some((commit, active, guards))
     }
 
     /// The instance's crash policy: a version installed over a working one that keeps
@@ -971,20 +1060,26 @@ impl Relay {
         }
     }
 
-    /// Queues `commit`, makes its writes visible to the next calls on the same stores, and
-    /// releases the stores.
+    /// Queues the commits as one transaction, makes their writes visible to the next calls
+    /// on the same stores (each commit's in its own `stores`), and releases the stores.
     fn queue_commit(
         &self,
-        stores: Vec<Arc<StoreState>>,
+        commits: Vec<(Commit, &[Arc<StoreState>])>,
         guards: Vec<StoreGuard>,
-        commit: Commit,
     ) -> Submitted {
-        let writes = commit.kv.clone();
-        let pending = self.db.submit(commit);
+        let writes: Vec<_> = commits
+            .iter()
+            .flat_map(|(commit, stores)| {
+                commit.kv.iter().map(move |write| (write.clone(), *stores))
+            })
+            .collect();
+        let pending = self
+            .db
+            .submit_together(commits.into_iter().map(|(commit, _)| commit).collect());
         let sequence = pending.sequence();
         let mut layered = Vec::new();
         if let Some(sequence) = sequence {
-            for (label, writes) in writes {
+            for ((label, writes), stores) in writes {
                 if let Some(store) = stores.iter().find(|store| store.label == label) {
                     store.push_unflushed(sequence, writes);
                     layered.push(store.clone());

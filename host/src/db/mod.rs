@@ -262,10 +262,20 @@ pub struct Committed {
     pub compacted: Option<Compacted>,
 }
 
+impl Committed {
+    fn absorb(&mut self, other: Committed) {
+        self.deliveries.extend(other.deliveries);
+        self.events.extend(other.events);
+        self.duplicate_deliveries += other.duplicate_deliveries;
+        self.compacted = self.compacted.take().or(other.compacted);
+    }
+}
+
 /// A commit's reply: answered from the committer thread, awaited by a task or a thread.
 type Reply = oneshot::Sender<Result<Committed, String>>;
 
-type CommitJob = (u64, Commit, Reply);
+/// Commits that share one transaction, and one reply.
+type CommitJob = (u64, Vec<Commit>, Reply);
 
 /// The queue into the committer thread; the sequence is taken under the same lock as the
 /// send, so the committer sees commits in sequence order.
@@ -359,20 +369,25 @@ fn run_committer(db: Arc<Database>, durable: Arc<AtomicU64>, queue: mpsc::Receiv
         let started = std::time::Instant::now();
         let writes = batch
             .iter()
-            .filter(|(_, commit, _)| !commit.is_empty())
+            .filter(|(_, commits, _)| commits.iter().any(|commit| !commit.is_empty()))
             .count();
         let result = (|| -> Result<Vec<Committed>> {
             if writes == 0 {
                 return Ok(batch.iter().map(|_| Committed::default()).collect());
             }
             let txn = db.begin_write()?;
+            let mut tables = Tables::open(&txn)?;
             let committed = batch
                 .iter_mut()
-                .map(|(_, commit, _)| match commit.is_empty() {
-                    true => Ok(Committed::default()),
-                    false => apply(&txn, std::mem::take(commit)),
+                .map(|(_, commits, _)| {
+                    let mut committed = Committed::default();
+                    for commit in commits.drain(..).filter(|commit| !commit.is_empty()) {
+                        committed.absorb(apply(&mut tables, commit)?);
+                    }
+                    Ok(committed)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            tables.close(&txn)?;
             txn.commit()?;
             Ok(committed)
         })();
@@ -478,12 +493,17 @@ impl Db {
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
     pub fn submit(&self, commit: Commit) -> PendingCommit {
-        let writes = !commit.is_empty();
-        if !writes
-            && commit
-                .read_unflushed
-                .is_none_or(|read| read <= self.durable.load(Ordering::Acquire))
-        {
+        self.submit_together(vec![commit])
+    }
+
+    /// Queues commits that become durable together, in one transaction, or not at all.
+    pub fn submit_together(&self, commits: Vec<Commit>) -> PendingCommit {
+        let writes = commits.iter().any(|commit| !commit.is_empty());
+        let read = commits
+            .iter()
+            .filter_map(|commit| commit.read_unflushed)
+            .max();
+        if !writes && read.is_none_or(|read| read <= self.durable.load(Ordering::Acquire)) {
             // Nothing to write, nothing unflushed read: spare the queue.
             return PendingCommit {
                 sequence: None,
@@ -496,7 +516,7 @@ impl Db {
         let sequence = queue.as_mut().map(|queue| {
             let sequence = queue.next_sequence;
             queue.next_sequence += 1;
-            let _ = queue.sender.send((sequence, commit, reply));
+            let _ = queue.sender.send((sequence, commits, reply));
             sequence
         });
         PendingCommit {
@@ -689,105 +709,142 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
 }
 
 /// Writes one call's outcome into the batch's transaction.
-fn apply(txn: &redb::WriteTransaction, commit: Commit) -> Result<Committed> {
+type Table<'txn, K, V> = redb::Table<'txn, K, V>;
+
+/// Every table a batch of commits may write, opened once per transaction: opening and
+/// closing a table costs a lookup and a write in redb's table of tables.
+struct Tables<'txn> {
+    kv: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    deliveries: Table<'txn, u64, &'static str>,
+    pending: Table<'txn, u64, u64>,
+    keys: Table<'txn, (&'static str, &'static str), u64>,
+    finished: Table<'txn, (u64, u64), ()>,
+    events: Table<'txn, u64, &'static str>,
+    retired: Table<'txn, (u64, u64), (&'static str, &'static str)>,
+    messages: Table<'txn, u64, &'static str>,
+    sims: Table<'txn, (&'static str, &'static str), &'static str>,
+    sent: Table<'txn, &'static str, &'static str>,
+    /// The next delivery or event id, and the next message record id.
+    next_id: u64,
+    next_message: u64,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self> {
+        let counters = txn.open_table(COUNTERS)?;
+        let next_id = counters.get("next_id")?.map_or(1, |value| value.value());
+        let next_message = counters
+            .get("next_message")?
+            .map_or(1, |value| value.value());
+        drop(counters);
+        Ok(Tables {
+            kv: txn.open_table(KV)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            pending: txn.open_table(PENDING)?,
+            keys: txn.open_table(DELIVERY_KEYS)?,
+            finished: txn.open_table(FINISHED)?,
+            events: txn.open_table(EVENTS)?,
+            retired: txn.open_table(RETIRED_KEYS)?,
+            messages: txn.open_table(MESSAGES)?,
+            sims: txn.open_table(SIMS)?,
+            sent: txn.open_table(SENT)?,
+            next_id,
+            next_message,
+        })
+    }
+
+    /// Stores the counters and closes the tables, before the transaction commits.
+    fn close(self, txn: &redb::WriteTransaction) -> Result<()> {
+        let (next_id, next_message) = (self.next_id, self.next_message);
+        drop(self);
+        let mut counters = txn.open_table(COUNTERS)?;
+        counters.insert("next_id", next_id)?;
+        counters.insert("next_message", next_message)?;
+        Ok(())
+    }
+
+    fn allocate_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+}
+
+fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
     let mut committed = Committed::default();
-    // Each table handle lives in its own block: redb opens a table once at a time.
-    {
-        let mut kv = txn.open_table(KV)?;
-        for (label, writes) in &commit.kv {
-            for (key, value) in writes.iter() {
-                match value {
-                    Some(value) => kv.insert((label.as_str(), key.as_str()), value.as_slice())?,
-                    None => kv.remove((label.as_str(), key.as_str()))?,
-                };
-            }
-        }
-    }
-
-    let mut next_id = txn
-        .open_table(COUNTERS)?
-        .get("next_id")?
-        .map_or(1, |value| value.value());
-    let mut allocate = || {
-        next_id += 1;
-        next_id - 1
-    };
-
-    {
-        let mut deliveries = txn.open_table(DELIVERIES)?;
-        let mut pending = txn.open_table(PENDING)?;
-        let mut keys = txn.open_table(DELIVERY_KEYS)?;
-        for delivery in commit.deliveries {
-            let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
-            if keys.get(unique)?.is_some() {
-                committed.duplicate_deliveries += 1;
-                continue;
-            }
-            let record = DeliveryRecord {
-                id: allocate(),
-                instance: commit.instance.clone(),
-                idempotency_key: delivery.idempotency_key.clone(),
-                message_id: commit.message_id.clone(),
-                request: delivery.request,
-                created_ms: commit.now_ms,
-                attempts: 0,
-                state: DeliveryState::Pending {
-                    next_attempt_ms: commit.now_ms,
-                },
-                last_result: None,
-                history: Vec::new(),
+    for (label, writes) in &commit.kv {
+        for (key, value) in writes.iter() {
+            match value {
+                Some(value) => tables
+                    .kv
+                    .insert((label.as_str(), key.as_str()), value.as_slice())?,
+                None => tables.kv.remove((label.as_str(), key.as_str()))?,
             };
-            keys.insert(unique, record.id)?;
-            deliveries.insert(record.id, json(&record)?.as_str())?;
-            pending.insert(record.id, commit.now_ms)?;
-            committed.deliveries.push((commit.now_ms, record.id));
         }
     }
-
-    {
-        let mut events = txn.open_table(EVENTS)?;
-        for event in commit.events {
-            let queued = QueuedEvent {
-                id: allocate(),
-                source: commit.instance.clone(),
-                target: event.target,
-                message_id: commit.message_id.clone(),
-                event: event.event,
-                attempts: 0,
+    for delivery in commit.deliveries {
+        let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
+        if tables.keys.get(unique)?.is_some() {
+            committed.duplicate_deliveries += 1;
+            continue;
+        }
+        let record = DeliveryRecord {
+            id: tables.allocate_id(),
+            instance: commit.instance.clone(),
+            idempotency_key: delivery.idempotency_key.clone(),
+            message_id: commit.message_id.clone(),
+            request: delivery.request,
+            created_ms: commit.now_ms,
+            attempts: 0,
+            state: DeliveryState::Pending {
                 next_attempt_ms: commit.now_ms,
-                last_error: None,
-                created_ms: commit.now_ms,
-            };
-            events.insert(queued.id, json(&queued)?.as_str())?;
-            committed
-                .events
-                .push((commit.now_ms, queued.id, queued.target));
-        }
-        match &commit.consumed {
-            Consumed::EventHandled(id) => {
-                events.remove(*id)?;
-            }
-            Consumed::EventFailed(queued) => {
-                events.insert(queued.id, json(queued)?.as_str())?;
-            }
-            Consumed::Nothing | Consumed::DeliveryUpdated(_) => {}
-        }
+            },
+            last_result: None,
+            history: Vec::new(),
+        };
+        tables.keys.insert(unique, record.id)?;
+        tables
+            .deliveries
+            .insert(record.id, json(&record)?.as_str())?;
+        tables.pending.insert(record.id, commit.now_ms)?;
+        committed.deliveries.push((commit.now_ms, record.id));
     }
-    if let Consumed::DeliveryUpdated(record) = &commit.consumed {
-        store_delivery(txn, record)?;
+    for event in commit.events {
+        let queued = QueuedEvent {
+            id: tables.allocate_id(),
+            source: commit.instance.clone(),
+            target: event.target,
+            message_id: commit.message_id.clone(),
+            event: event.event,
+            attempts: 0,
+            next_attempt_ms: commit.now_ms,
+            last_error: None,
+            created_ms: commit.now_ms,
+        };
+        tables.events.insert(queued.id, json(&queued)?.as_str())?;
+        committed
+            .events
+            .push((commit.now_ms, queued.id, queued.target));
+    }
+    match &commit.consumed {
+        Consumed::EventHandled(id) => {
+            tables.events.remove(*id)?;
+        }
+        Consumed::EventFailed(queued) => {
+            tables.events.insert(queued.id, json(queued)?.as_str())?;
+        }
+        Consumed::DeliveryUpdated(record) => store_delivery(tables, record)?,
+        Consumed::Nothing => {}
     }
     if let Some((retention, now_ms)) = &commit.compact {
-        committed.compacted = Some(compact(txn, retention, *now_ms)?);
+        committed.compacted = Some(compact(tables, retention, *now_ms)?);
     }
-    txn.open_table(COUNTERS)?.insert("next_id", next_id)?;
-    if !commit.sends.is_empty() {
-        let mut sent = txn.open_table(SENT)?;
-        for record in &commit.sends {
-            sent.insert(record.id.as_str(), json(record)?.as_str())?;
-        }
+    for record in &commit.sends {
+        tables
+            .sent
+            .insert(record.id.as_str(), json(record)?.as_str())?;
     }
     observe(
-        txn,
+        tables,
         &commit.instance,
         &commit.message_id,
         commit.now_ms,
@@ -797,31 +854,30 @@ fn apply(txn: &redb::WriteTransaction, commit: Commit) -> Result<Committed> {
 }
 
 /// Writes a delivery's record and keeps the pending and finished indexes in step.
-fn store_delivery(txn: &redb::WriteTransaction, record: &DeliveryRecord) -> Result<()> {
-    let mut deliveries = txn.open_table(DELIVERIES)?;
-    let mut pending = txn.open_table(PENDING)?;
-    let mut finished = txn.open_table(FINISHED)?;
-    if let Some(old) = deliveries.get(record.id)? {
+fn store_delivery(tables: &mut Tables, record: &DeliveryRecord) -> Result<()> {
+    if let Some(old) = tables.deliveries.get(record.id)? {
         let old: DeliveryRecord = parse(DELIVERIES.name(), old.value())?;
         if let DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } = old.state {
-            finished.remove((at_ms, old.id))?;
+            tables.finished.remove((at_ms, old.id))?;
         }
     }
     match &record.state {
         DeliveryState::Pending { next_attempt_ms } => {
-            pending.insert(record.id, *next_attempt_ms)?;
+            tables.pending.insert(record.id, *next_attempt_ms)?;
         }
         DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
-            pending.remove(record.id)?;
-            finished.insert((*at_ms, record.id), ())?;
+            tables.pending.remove(record.id)?;
+            tables.finished.insert((*at_ms, record.id), ())?;
         }
     }
-    deliveries.insert(record.id, json(record)?.as_str())?;
+    tables
+        .deliveries
+        .insert(record.id, json(record)?.as_str())?;
     Ok(())
 }
 
 /// Removes what `retention` no longer keeps, at most [`COMPACT_BATCH`] records of a kind.
-fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> Result<Compacted> {
+fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Compacted> {
     let age_ms = |hours: f64| (hours.max(0.0) * 3_600_000.0) as u64;
     let delivery_cutoff = now_ms.saturating_sub(age_ms(retention.deliveries_hours));
     let key_cutoff = now_ms.saturating_sub(age_ms(
@@ -830,10 +886,13 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
     let message_cutoff = now_ms.saturating_sub(age_ms(retention.messages_hours));
     let mut compacted = Compacted::default();
     {
-        let mut finished = txn.open_table(FINISHED)?;
-        let mut deliveries = txn.open_table(DELIVERIES)?;
-        let mut keys = txn.open_table(DELIVERY_KEYS)?;
-        let mut retired = txn.open_table(RETIRED_KEYS)?;
+        let Tables {
+            finished,
+            deliveries,
+            keys,
+            retired,
+            ..
+        } = tables;
         let old: Vec<(u64, u64)> = finished
             .range(..(delivery_cutoff, 0))?
             .take(COMPACT_BATCH)
@@ -870,7 +929,12 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
         }
     }
     {
-        let mut messages = txn.open_table(MESSAGES)?;
+        let Tables {
+            messages,
+            sims,
+            sent,
+            ..
+        } = tables;
         let mut old = Vec::new();
         for entry in messages.iter()?.take(COMPACT_BATCH) {
             let (id, json) = entry?;
@@ -884,7 +948,6 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
             messages.remove(id)?;
             compacted.messages += 1;
         }
-        let mut sims = txn.open_table(SIMS)?;
         let mut gone = Vec::new();
         for entry in sims.iter()? {
             let (key, json) = entry?;
@@ -898,7 +961,6 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
             sims.remove((instance.as_str(), sim.as_str()))?;
             compacted.sims += 1;
         }
-        let mut sent = txn.open_table(SENT)?;
         let mut old = Vec::new();
         for entry in sent.iter()? {
             let (id, json) = entry?;
@@ -920,7 +982,7 @@ fn compact(txn: &redb::WriteTransaction, retention: &Retention, now_ms: u64) -> 
 
 /// Keeps the messages and SIM states a call reported, for operators.
 fn observe(
-    txn: &redb::WriteTransaction,
+    tables: &mut Tables,
     instance: &str,
     message_id: &str,
     at_ms: u64,
@@ -929,13 +991,13 @@ fn observe(
     if events.is_empty() {
         return Ok(());
     }
-    let mut messages = txn.open_table(MESSAGES)?;
-    let mut sims = txn.open_table(SIMS)?;
-    let mut sent = txn.open_table(SENT)?;
-    let mut counters = txn.open_table(COUNTERS)?;
-    let mut next = counters
-        .get("next_message")?
-        .map_or(1, |value| value.value());
+    let Tables {
+        messages,
+        sims,
+        sent,
+        next_message,
+        ..
+    } = tables;
     fn observed<T: Serialize>(
         at_ms: u64,
         instance: &str,
@@ -953,8 +1015,8 @@ fn observe(
         match event {
             Event::MessageReceived(message) => {
                 let record = observed(at_ms, instance, message_id, message)?;
-                messages.insert(next, record.as_str())?;
-                next += 1;
+                messages.insert(*next_message, record.as_str())?;
+                *next_message += 1;
             }
             Event::SimStatusChanged(status) => {
                 let sim = sim_key(&status);
@@ -975,7 +1037,6 @@ fn observe(
             _ => {}
         }
     }
-    counters.insert("next_message", next)?;
     Ok(())
 }
 
