@@ -21,7 +21,12 @@ use simrelay_sdk::{Adapter, Stores};
 const RECV_SMS: &str = r#"{"type":"recv-sms","sms":[[null,null,"2023-10-27 10:00:00","BankInfo","79001234567","SGVsbG8gV29ybGQ="]]}"#;
 const KEY: &str = "bench-key";
 
+// The allocator of the `simrelay` binary, so the host side costs what it costs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ejoin_webhook(c: &mut Criterion) {
+    simrelay::allocator::return_freed_memory_at_once();
     let plugin_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/wasm32-wasip2/release/simrelay_ejoin.wasm");
     let runtime = Runtime::new().unwrap();

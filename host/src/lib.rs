@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod admin;
+pub mod allocator;
 pub mod config;
 pub mod control;
 pub mod db;

@@ -66,28 +66,14 @@ enum PluginCommand {
 
 // Every webhook allocates many short-lived strings and buffers on several threads; mimalloc
 // serves them from thread-local pages: about a fifth more webhooks per second than glibc's
-// malloc in `make bench`'s chain.
+// malloc in `make bench`'s chain. Tuned by [`simrelay::allocator::return_freed_memory_at_once`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's defaults keep freed memory committed for a while and commit arenas eagerly,
-/// in transparent huge pages: idle RSS 107 MB against glibc's 51. Without huge pages (the
-/// `no_thp` feature) and returning memory at once, 45 MB. The indices are `mi_option_e` of
-/// the pinned mimalloc 3.
-fn return_freed_memory_at_once() {
-    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: plain setters of two options; called first thing, before any other thread.
-    unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
-    }
-}
 
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> Result<()> {
-    return_freed_memory_at_once();
+    simrelay::allocator::return_freed_memory_at_once();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SIMRELAY_LOG")
