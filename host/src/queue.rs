@@ -12,34 +12,71 @@ use tokio::sync::Notify;
 
 #[derive(Default)]
 pub struct DueQueue {
-    heap: Mutex<BinaryHeap<Reverse<(u64, u64)>>>,
+    heap: Mutex<Heap>,
     changed: Notify,
+}
+
+#[derive(Default)]
+struct Heap {
+    due: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Items taken with [`DueQueue::hold_next_due`] and not yet released.
+    in_hand: usize,
 }
 
 impl DueQueue {
     pub fn schedule(&self, due_ms: u64, id: u64) {
-        self.heap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Reverse((due_ms, id)));
+        self.heap().due.push(Reverse((due_ms, id)));
         self.changed.notify_one();
+    }
+
+    fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
+        self.heap.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many items wait, and when the earliest is due.
     pub fn depth(&self) -> (usize, Option<u64>) {
-        let heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
-        (heap.len(), heap.peek().map(|Reverse((due, _))| *due))
+        let heap = self.heap();
+        (
+            heap.due.len(),
+            heap.due.peek().map(|Reverse((due, _))| *due),
+        )
+    }
+
+    /// Whether nothing waits and nothing taken is still in hand.
+    pub fn is_idle(&self) -> bool {
+        let heap = self.heap();
+        heap.due.is_empty() && heap.in_hand == 0
     }
 
     /// Waits until the earliest item is due and takes it.
     pub async fn next_due(&self) -> u64 {
+        self.take_due(false).await
+    }
+
+    /// The same as [`DueQueue::next_due`], but the item counts as in hand, so the queue is
+    /// not idle, until [`DueQueue::release`].
+    pub async fn hold_next_due(&self) -> u64 {
+        self.take_due(true).await
+    }
+
+    pub fn release(&self) {
+        let mut heap = self.heap();
+        heap.in_hand = heap.in_hand.saturating_sub(1);
+    }
+
+    async fn take_due(&self, hold: bool) -> u64 {
         loop {
             let wait = {
                 let now = crate::now_ms();
-                let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
-                match heap.peek() {
+                let mut heap = self.heap();
+                match heap.due.peek() {
                     Some(Reverse((due, _))) if *due <= now => {
-                        return heap.pop().map(|Reverse((_, id))| id).unwrap_or_default();
+                        heap.in_hand += usize::from(hold);
+                        return heap
+                            .due
+                            .pop()
+                            .map(|Reverse((_, id))| id)
+                            .unwrap_or_default();
                     }
                     Some(Reverse((due, _))) => Some(Duration::from_millis(due - now)),
                     None => None,
@@ -90,5 +127,20 @@ mod tests {
         queue.schedule(now.saturating_sub(1_000), 3);
         let next = tokio::time::timeout(Duration::from_secs(5), queue.next_due()).await;
         assert_eq!(next.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_item_held_keeps_the_queue_busy_until_released() {
+        let queue = DueQueue::default();
+        assert!(queue.is_idle());
+        queue.schedule(crate::now_ms(), 1);
+        assert!(!queue.is_idle());
+        assert_eq!(queue.hold_next_due().await, 1);
+        assert!(!queue.is_idle(), "taken but still in hand");
+        queue.release();
+        assert!(queue.is_idle());
+        queue.schedule(crate::now_ms(), 2);
+        assert_eq!(queue.next_due().await, 2);
+        assert!(queue.is_idle(), "taken without holding");
     }
 }

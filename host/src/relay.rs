@@ -977,7 +977,16 @@ impl Relay {
         let mut handed = Vec::new();
         let mut queued = Vec::new();
         for new in std::mem::take(&mut commit.events) {
-            match self.handle_now(&new, &commit.message_id, now_ms) {
+            let outcome = self.handle_now(&new, &commit.message_id, now_ms);
+            metrics().count(
+                "simrelay_events_total",
+                "Events emitted, by target instance and path: handed over at once, or queued.",
+                &[
+                    ("instance", &new.target),
+                    ("path", outcome.as_ref().map_or("queued", |_| "handed_over")),
+                ],
+            );
+            match outcome {
                 Some(outcome) => handed.push(outcome),
                 None => queued.push(new),
             }
@@ -995,11 +1004,11 @@ impl Relay {
         now_ms: u64,
     ) -> Option<(Commit, Arc<Active>, Vec<StoreGuard>)> {
         let target = self.instance(&new.target)?;
-        // Behind a backlog, the event waits its turn.
-        if target.events.depth().0 > 0 || target.is_removed() {
+        let (active, guards) = target.try_lock()?;
+        // Behind a backlog, or an event in progress, the event waits its turn.
+        if !target.events.is_idle() || target.is_removed() {
             return None;
         }
-        let (active, guards) = target.try_lock()?;
         let _span =
             info_span!("event", message_id = %message_id, instance = %target.name).entered();
         let (result, commit) = self.call(
@@ -1170,10 +1179,13 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
     tokio::spawn(async move {
         loop {
             let id = tokio::select! {
-                id = target.events.next_due() => id,
+                id = target.events.hold_next_due() => id,
                 () = target.stopped() => return,
             };
-            let Ok(Some(submitted)) = crate::block_here(|| worker.submit_event(&target, id)) else {
+            let submitted = crate::block_here(|| worker.submit_event(&target, id));
+            // Its commit is queued: an event handed over from now on comes after it.
+            target.events.release();
+            let Ok(Some(submitted)) = submitted else {
                 continue;
             };
             let relay = worker.clone();

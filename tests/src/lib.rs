@@ -184,6 +184,23 @@ impl Host {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The value of one Prometheus sample, e.g. `simrelay_events_total{instance="a",path="queued"}`;
+    /// 0 when the host has not counted it.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.admin_url()))
+            .bearer_auth(self.admin_token())
+            .send()
+            .await
+            .expect("the operator API did not answer")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Runs the `simrelay` command line against this host; returns stdout, or stderr on
     /// failure.
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {

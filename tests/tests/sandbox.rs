@@ -108,6 +108,14 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     );
     let host = Host::start(dir.path(), &config).await;
     open_sample_activation(&host).await;
+    let events = |instance: &str, path: &str| {
+        format!("simrelay_events_total{{instance=\"{instance}\",path=\"{path}\"}}")
+    };
+    let counted = async |instance: &str, path: &str| host.metric(&events(instance, path)).await;
+    let before = [
+        counted("smsbower", "handed_over").await,
+        counted("misbehaving", "queued").await,
+    ];
 
     // "trap" in base64: the misbehaving instance panics on this message's event.
     let trap =
@@ -120,6 +128,20 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
         "trap",
         "the other consumer gets it"
     );
+    // An idle consumer gets its event at once, in the webhook's own commit; the failed one
+    // waits for its retry in the queue, and a later event waits behind it, in order.
+    let fine =
+        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000001,"Bank","79001234567","ZmluZQ=="]]}"#;
+    assert_eq!(post_ejoin(&host, EJOIN_KEY, fine).await.0, 200);
+    smsbower.wait_for_pushes(Duration::from_secs(10), 2).await;
+    let after = [
+        counted("smsbower", "handed_over").await,
+        counted("misbehaving", "queued").await,
+    ];
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [2.0, 2.0]);
+    assert_eq!(counted("smsbower", "queued").await, 0.0);
+    // The later event is due at once, before the failed one's retry: it is handled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let logs = host.kill();
     assert!(
@@ -130,7 +152,7 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     let host = Host::start(dir.path(), &config).await;
     let logs = host.kill();
     assert!(logs.contains("queued_events=1"), "{logs}");
-    assert_eq!(smsbower.pushes().len(), 1, "nothing pushed twice");
+    assert_eq!(smsbower.pushes().len(), 2, "nothing pushed twice");
 }
 
 /// Posts `body` to a misbehaving instance's route and returns the reply's `message`.
