@@ -196,6 +196,14 @@ impl Submitted {
         self.after.run(relay, committed, alerts)
     }
 
+    /// [`Submitted::durable`] in a task of its own, so that what the commit leaves to do
+    /// (scheduling its deliveries and events) is done even if the caller is cancelled, e.g.
+    /// by a peer that hangs up while its webhook's commit is on the way.
+    pub fn durable_in_task(self, relay: &Arc<Relay>) -> tokio::task::JoinHandle<Result<Committed>> {
+        let relay = relay.clone();
+        tokio::spawn(async move { self.durable(&relay).await })
+    }
+
     /// Resolves once the commit (and all it read) is durable, having scheduled what it added.
     pub async fn durable(mut self, relay: &Relay) -> Result<Committed> {
         let committed = self.pending.durable().await;

@@ -336,14 +336,20 @@ pub async fn webhook(
         span.in_scope(|| relay.call_webhook(&instance, &message_id, &request))
     });
     drop(reserved);
-    let mut response = match called {
-        Ok(Ok((answer, submitted))) => match submitted.durable(&relay).await {
-            Ok(_) => {
-                span.in_scope(|| info!(status = answer.status, "webhook handled"));
-                reply(answer)
-            }
-            Err(error) => failure(Failure::Storage(error)),
-        },
+    let answered = match called {
+        Ok(Ok((answer, submitted))) => submitted
+            .durable_in_task(&relay)
+            .await
+            .map(|durable| durable.map(|_| answer).map_err(Failure::Storage))
+            .map_err(|panic| panic.to_string()),
+        Ok(Err(refused)) => Ok(Err(refused)),
+        Err(panic) => Err(panic),
+    };
+    let mut response = match answered {
+        Ok(Ok(answer)) => {
+            span.in_scope(|| info!(status = answer.status, "webhook handled"));
+            reply(answer)
+        }
         Ok(Err(refused)) => failure(refused),
         Err(panic) => {
             span.in_scope(|| warn!("webhook handler panicked: {panic}"));

@@ -75,6 +75,36 @@ async fn a_resend_during_a_failing_commit_is_not_acknowledged_and_nothing_is_los
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_hangs_up_while_its_webhook_commits_still_gets_its_sms_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1);
+    let faults = dir.path().join("faults");
+    let env = [(FAULT_FILE_VAR, faults.to_str().unwrap())];
+    let host = Host::start_with_env(dir.path(), &config, &env).await;
+    open_sample_activation(&host).await;
+
+    // A slow disk: the gateway gives up on the answer while the commit is on its way.
+    std::fs::write(&faults, "sync-delay-ms=1000").unwrap();
+    let mut gateway = TcpStream::connect(host.url("").trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /api/{EJOIN_KEY}/webhook HTTP/1.1\r\nhost: simrelay\r\ncontent-type: \
+         application/json\r\ncontent-length: {}\r\n\r\n{RECV_SMS_SAMPLE}",
+        RECV_SMS_SAMPLE.len()
+    );
+    gateway.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(gateway);
+    std::fs::remove_file(&faults).unwrap();
+
+    // What the commit added is still scheduled: the SMS reaches the marketplace, once.
+    smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
+    assert_eq!(smsbower.pushes()[0].body["text"], "Hello World");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_host_started_on_a_full_disk_answers_503_until_it_can_write() {
     let dir = tempfile::tempdir().unwrap();
     let smsbower = MockProvider::accepting().await;
