@@ -43,6 +43,11 @@ use crate::runtime::{CallError, LoadedPlugin, Runtime};
 /// Route captures, e.g. `("key", "…")` for `/api/{key}/webhook`.
 pub type Captures = Vec<(String, String)>;
 
+/// The longest an event handed over may take before its target's events are queued
+/// instead: the webhook that emitted it waits for it.
+const HAND_OVER_BUDGET: Duration = Duration::from_millis(5);
+const SLOW_HAND_OVERS: u32 = 3;
+
 /// Versions kept per instance for rollback.
 const HISTORY: usize = 5;
 
@@ -65,6 +70,10 @@ pub struct Active {
     pub calls: AtomicU64,
     pub failures: AtomicU64,
     pub consecutive_failures: AtomicU32,
+    /// Events handed over in a row that took [`HAND_OVER_BUDGET`] or more. The emitting
+    /// call waits for a hand-over: at [`SLOW_HAND_OVERS`], this version's events are queued
+    /// from then on. In a row, so that one call slowed down by a busy machine does not count.
+    slow_events: AtomicU32,
     /// The versions before this one, newest first, for rollback.
     pub previous: Vec<Arc<Active>>,
 }
@@ -491,6 +500,7 @@ impl Relay {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            slow_events: AtomicU32::new(0),
             previous: previous.into_iter().take(HISTORY).collect(),
             config,
             plugin,
@@ -1014,11 +1024,15 @@ impl Relay {
         let target = self.instance(&new.target)?;
         let (active, guards) = target.try_lock()?;
         // Behind a backlog, or an event in progress, the event waits its turn.
-        if !target.events.is_idle() || target.is_removed() {
+        if !target.events.is_idle()
+            || target.is_removed()
+            || active.slow_events.load(Ordering::Relaxed) >= SLOW_HAND_OVERS
+        {
             return None;
         }
         let _span =
             info_span!("event", message_id = %message_id, instance = %target.name).entered();
+        let started = Instant::now();
         let (result, commit) = self.call(
             &target,
             &active,
@@ -1027,6 +1041,11 @@ impl Relay {
             Input::Event(&new.event),
             |_, _| Consumed::Nothing,
         );
+        if started.elapsed() < HAND_OVER_BUDGET {
+            active.slow_events.store(0, Ordering::Relaxed);
+        } else if active.slow_events.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_HAND_OVERS {
+            warn!("its events take long: they are queued from now on, not handed over");
+        }
         self.roll_back_if_failing(&target, &active);
         result.ok()?;
         Some((commit, active, guards))

@@ -155,6 +155,48 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     assert_eq!(smsbower.pushes().len(), 2, "nothing pushed twice");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_slow_on_events_gets_them_queued_not_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
+        r#"forward_to = ["smsbower"]"#,
+        r#"forward_to = ["smsbower", "misbehaving"]"#,
+    ) + &format!(
+        "\n[instances.misbehaving]\nplugin = \"{}\"\n",
+        plugin_path("misbehaving").display()
+    );
+    let host = Host::start(dir.path(), &config).await;
+    open_sample_activation(&host).await;
+    let events =
+        |path: &str| format!("simrelay_events_total{{instance=\"misbehaving\",path=\"{path}\"}}");
+    let before = [
+        host.metric(&events("handed_over")).await,
+        host.metric(&events("queued")).await,
+    ];
+
+    // "slow" and "fine" in base64: each "slow" event takes the consumer 50 ms, and the
+    // gateway's webhook waits for it; after three in a row the next one is queued instead.
+    let slow = (0..3).map(|n| (1700000000 + n, "c2xvdw=="));
+    for (at, text) in slow.chain([(1700000003, "ZmluZQ==")]) {
+        let body = format!(
+            r#"{{"type":"recv-sms","sms":[[0,"1.01",{at},"Bank","79001234567","{text}"]]}}"#
+        );
+        assert_eq!(post_ejoin(&host, EJOIN_KEY, &body).await.0, 200);
+    }
+    smsbower.wait_for_pushes(Duration::from_secs(10), 4).await;
+    let after = [
+        host.metric(&events("handed_over")).await,
+        host.metric(&events("queued")).await,
+    ];
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [3.0, 1.0]);
+    assert!(
+        host.logs().contains("they are queued from now on"),
+        "{}",
+        host.logs()
+    );
+}
+
 /// Posts `body` to a misbehaving instance's route and returns the reply's `message`.
 async fn ask(host: &Host, instance: &str, how: &str, body: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
