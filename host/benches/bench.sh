@@ -205,7 +205,8 @@ print(json.dumps({
     "round": int(round_), "seconds": int(seconds),
     "hello_rps": hello, "hello_non2xx": hello_bad, "hello_latency": hello_lat,
     "acked_rps": acks, "acked": int(acked), "acked_non2xx": acks_bad, "acked_latency": acks_lat,
-    "pushed_in_window": at_end["pushes"], "backlog_at_end": int(acked) - at_end["pushes"],
+    # wrk does not count the requests in flight when it stops; their SMS may be pushed.
+    "pushed_in_window": at_end["pushes"], "backlog_at_end": max(0, int(acked) - at_end["pushes"]),
     "drain_seconds": int(drain), "pushed_total": drained["pushes"],
     "push_span_s": (drained["last_us"] - drained["first_us"]) / 1e6,
     "idle_rss_mb": float(idle_rss), "loaded_rss_mb": float(loaded_rss),
