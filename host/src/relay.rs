@@ -758,7 +758,7 @@ impl Relay {
             consumed: Consumed::DeliveryUpdated(record),
             ..Default::default()
         };
-        let submitted = self.queue_commit(vec![(commit, &[])], guards);
+        let submitted = self.queue_commit(vec![(commit, Vec::new())], guards);
         self.submitted_delivery(id, now, Ok(submitted), None)
     }
 
@@ -871,21 +871,13 @@ impl Relay {
         let (active, guards) = instance.lock();
         let (result, mut commit) =
             self.call(instance, &active, message_id, now_ms, input, consumed);
+        let handed = self.hand_over(&mut commit, now_ms);
         let mut held = guards;
-        let mut targets = Vec::new();
-        let mut outcomes = Vec::new();
-        for (outcome, target, guards) in self.hand_over(&mut commit, now_ms) {
-            outcomes.push(outcome);
-            targets.push(target);
+        let mut commits = vec![(commit, active.stores.clone())];
+        for (outcome, target, guards) in handed {
+            commits.push((outcome, target.stores.clone()));
             held.extend(guards);
         }
-        let commits = std::iter::once((commit, active.stores.as_slice()))
-            .chain(
-                outcomes
-                    .into_iter()
-                    .zip(targets.iter().map(|t| t.stores.as_slice())),
-            )
-            .collect();
         let submitted = self.queue_commit(commits, held);
         self.roll_back_if_failing(instance, &active);
         (result, Ok(submitted))
@@ -1100,25 +1092,21 @@ impl Relay {
     /// on the same stores (each commit's in its own `stores`), and releases the stores.
     fn queue_commit(
         &self,
-        commits: Vec<(Commit, &[Arc<StoreState>])>,
+        commits: Vec<(Commit, Vec<Arc<StoreState>>)>,
         guards: Vec<StoreGuard>,
     ) -> Submitted {
-        let writes: Vec<_> = commits
-            .iter()
-            .flat_map(|(commit, stores)| {
-                commit.kv.iter().map(move |write| (write.clone(), *stores))
-            })
-            .collect();
-        let pending = self
-            .db
-            .submit_together(commits.into_iter().map(|(commit, _)| commit).collect());
+        let (commits, stores): (Vec<Commit>, Vec<_>) = commits.into_iter().unzip();
+        let writes: Vec<_> = commits.iter().map(|commit| commit.kv.clone()).collect();
+        let pending = self.db.submit_together(commits);
         let sequence = pending.sequence();
         let mut layered = Vec::new();
         if let Some(sequence) = sequence {
-            for ((label, writes), stores) in writes {
-                if let Some(store) = stores.iter().find(|store| store.label == label) {
-                    store.push_unflushed(sequence, writes);
-                    layered.push(store.clone());
+            for (writes, stores) in writes.into_iter().zip(&stores) {
+                for (label, writes) in writes {
+                    if let Some(store) = stores.iter().find(|store| store.label == label) {
+                        store.push_unflushed(sequence, writes);
+                        layered.push(store.clone());
+                    }
                 }
             }
         }

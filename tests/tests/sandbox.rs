@@ -95,23 +95,31 @@ instance = "misbehaving"
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let smsbower = MockProvider::accepting().await;
-    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
+/// Ejoin → SmsBower, with the misbehaving plugin as a second consumer of Ejoin's events.
+fn with_misbehaving_consumer(smsbower_base_url: &str) -> String {
+    ejoin_to_smsbower_config(smsbower_base_url, 1).replace(
         r#"forward_to = ["smsbower"]"#,
         r#"forward_to = ["smsbower", "misbehaving"]"#,
     ) + &format!(
         "\n[instances.misbehaving]\nplugin = \"{}\"\n",
         plugin_path("misbehaving").display()
-    );
+    )
+}
+
+/// The `simrelay_events_total` sample of events for `instance` that took `path`.
+fn events_total(instance: &str, path: &str) -> String {
+    format!("simrelay_events_total{{instance=\"{instance}\",path=\"{path}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let config = with_misbehaving_consumer(&smsbower.base_url);
     let host = Host::start(dir.path(), &config).await;
     open_sample_activation(&host).await;
-    let events = |instance: &str, path: &str| {
-        format!("simrelay_events_total{{instance=\"{instance}\",path=\"{path}\"}}")
-    };
-    let counted = async |instance: &str, path: &str| host.metric(&events(instance, path)).await;
+    let counted =
+        async |instance: &str, path: &str| host.metric(&events_total(instance, path)).await;
     let before = [
         counted("smsbower", "handed_over").await,
         counted("misbehaving", "queued").await,
@@ -159,21 +167,11 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
 async fn a_consumer_slow_on_events_gets_them_queued_not_handed_over() {
     let dir = tempfile::tempdir().unwrap();
     let smsbower = MockProvider::accepting().await;
-    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replace(
-        r#"forward_to = ["smsbower"]"#,
-        r#"forward_to = ["smsbower", "misbehaving"]"#,
-    ) + &format!(
-        "\n[instances.misbehaving]\nplugin = \"{}\"\n",
-        plugin_path("misbehaving").display()
-    );
+    let config = with_misbehaving_consumer(&smsbower.base_url);
     let host = Host::start(dir.path(), &config).await;
     open_sample_activation(&host).await;
-    let events =
-        |path: &str| format!("simrelay_events_total{{instance=\"misbehaving\",path=\"{path}\"}}");
-    let before = [
-        host.metric(&events("handed_over")).await,
-        host.metric(&events("queued")).await,
-    ];
+    let counted = async |path: &str| host.metric(&events_total("misbehaving", path)).await;
+    let before = [counted("handed_over").await, counted("queued").await];
 
     // "slow" and "fine" in base64: each "slow" event takes the consumer 50 ms, and the
     // gateway's webhook waits for it; after three in a row the next one is queued instead.
@@ -185,10 +183,7 @@ async fn a_consumer_slow_on_events_gets_them_queued_not_handed_over() {
         assert_eq!(post_ejoin(&host, EJOIN_KEY, &body).await.0, 200);
     }
     smsbower.wait_for_pushes(Duration::from_secs(10), 4).await;
-    let after = [
-        host.metric(&events("handed_over")).await,
-        host.metric(&events("queued")).await,
-    ];
+    let after = [counted("handed_over").await, counted("queued").await];
     assert_eq!([after[0] - before[0], after[1] - before[1]], [3.0, 1.0]);
     assert!(
         host.logs().contains("they are queued from now on"),

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    TableHandle,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -708,9 +709,6 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
     Ok(())
 }
 
-/// Writes one call's outcome into the batch's transaction.
-type Table<'txn, K, V> = redb::Table<'txn, K, V>;
-
 /// Every table a batch of commits may write, opened once per transaction: opening and
 /// closing a table costs a lookup and a write in redb's table of tables.
 struct Tables<'txn> {
@@ -769,6 +767,7 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// Writes one call's outcome into the batch's transaction.
 fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
     let mut committed = Committed::default();
     for (label, writes) in &commit.kv {
