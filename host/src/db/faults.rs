@@ -12,33 +12,62 @@ use std::path::PathBuf;
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
-#[derive(Debug)]
-pub struct FaultyBackend {
-    inner: FileBackend,
+/// The faults the trigger file asks for, checked before each write and sync: redb's
+/// ([`FaultyBackend`]) and the write-ahead log's.
+#[derive(Clone, Debug)]
+pub struct Faults {
     trigger: PathBuf,
 }
 
-impl FaultyBackend {
-    pub fn new(file: File, trigger: PathBuf) -> Result<Self, redb::DatabaseError> {
-        Ok(FaultyBackend {
-            inner: FileBackend::new(file)?,
-            trigger,
-        })
+impl Faults {
+    pub fn new(trigger: PathBuf) -> Self {
+        Faults { trigger }
     }
 
     /// The words of the trigger file, empty when it is absent.
-    fn faults(&self) -> String {
+    fn words(&self) -> String {
         std::fs::read_to_string(&self.trigger).unwrap_or_default()
     }
 
     fn injected(&self, fault: &str) -> io::Result<()> {
-        if self.faults().split_whitespace().any(|word| word == fault) {
+        if self.words().split_whitespace().any(|word| word == fault) {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!("injected fault `{fault}`: no space left on device"),
             ));
         }
         Ok(())
+    }
+
+    pub fn before_write(&self) -> io::Result<()> {
+        self.injected("fail-write")
+    }
+
+    pub fn before_sync(&self) -> io::Result<()> {
+        let words = self.words();
+        let delay = words
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("sync-delay-ms="))
+            .and_then(|ms| ms.parse().ok());
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        self.injected("fail-sync")
+    }
+}
+
+#[derive(Debug)]
+pub struct FaultyBackend {
+    inner: FileBackend,
+    faults: Faults,
+}
+
+impl FaultyBackend {
+    pub fn new(file: File, faults: Faults) -> Result<Self, redb::DatabaseError> {
+        Ok(FaultyBackend {
+            inner: FileBackend::new(file)?,
+            faults,
+        })
     }
 }
 
@@ -52,25 +81,17 @@ impl StorageBackend for FaultyBackend {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.injected("fail-write")?;
+        self.faults.before_write()?;
         self.inner.set_len(len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let faults = self.faults();
-        let delay = faults
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("sync-delay-ms="))
-            .and_then(|ms| ms.parse().ok());
-        if let Some(ms) = delay {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-        self.injected("fail-sync")?;
+        self.faults.before_sync()?;
         self.inner.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.injected("fail-write")?;
+        self.faults.before_write()?;
         self.inner.write(offset, data)
     }
 

@@ -4,19 +4,24 @@
 //! the events for downstream instances, and the fate of the input it consumed) commits in
 //! one durable transaction, so a crash leaves either all of it or none of it. Commits queue
 //! in order; a committer thread writes all that are waiting in one transaction with one
-//! fsync (group commit).
+//! fsync (group commit), of the write-ahead log ([`log`]) in front of redb.
 
 mod faults;
+mod log;
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result};
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
-    TableHandle,
+    AccessGuard, Database, Durability, Key, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, TableDefinition, TableHandle, Value,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -358,7 +363,13 @@ const MAX_BATCH: usize = 256;
 ///
 /// A commit with nothing to write only waits for the commits queued before it: a batch of
 /// such commits needs no transaction.
-fn run_committer(db: Arc<Database>, durable: Arc<AtomicU64>, queue: mpsc::Receiver<CommitJob>) {
+fn run_committer(
+    db: Arc<Database>,
+    mut log: log::Log,
+    durable: Arc<AtomicU64>,
+    queue: mpsc::Receiver<CommitJob>,
+) {
+    let logged = Rc::new(RefCell::new(Vec::new()));
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -372,12 +383,13 @@ fn run_committer(db: Arc<Database>, durable: Arc<AtomicU64>, queue: mpsc::Receiv
             .iter()
             .filter(|(_, commits, _)| commits.iter().any(|commit| !commit.is_empty()))
             .count();
+        logged.borrow_mut().clear();
         let result = (|| -> Result<Vec<Committed>> {
             if writes == 0 {
                 return Ok(batch.iter().map(|_| Committed::default()).collect());
             }
-            let txn = db.begin_write()?;
-            let mut tables = Tables::open(&txn)?;
+            let mut txn = db.begin_write()?;
+            let mut tables = Tables::open(&txn, &logged)?;
             let committed = batch
                 .iter_mut()
                 .map(|(_, commits, _)| {
@@ -388,8 +400,27 @@ fn run_committer(db: Arc<Database>, durable: Arc<AtomicU64>, queue: mpsc::Receiv
                     Ok(committed)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            tables.close(&txn)?;
-            txn.commit()?;
+            tables.close()?;
+            log.append(&logged.borrow_mut())?;
+            let checkpoint = log.checkpoint_due();
+            let commit = (|| -> Result<()> {
+                if !checkpoint {
+                    txn.set_durability(Durability::None)?;
+                }
+                Ok(txn.commit()?)
+            })();
+            if let Err(error) = commit {
+                if let Err(retract) = log.retract() {
+                    tracing::error!(
+                        "cannot take the failed batch back from the write-ahead log, so a \
+                         restart applies it: {retract:#}"
+                    );
+                }
+                return Err(error);
+            }
+            if checkpoint {
+                log.checkpointed();
+            }
             Ok(committed)
         })();
         let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
@@ -436,41 +467,49 @@ impl Db {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let path = data_dir.join("simrelay.redb");
-        let db = match std::env::var_os(FAULT_FILE_VAR) {
-            Some(trigger) => {
+        let faults =
+            std::env::var_os(FAULT_FILE_VAR).map(|trigger| faults::Faults::new(trigger.into()));
+        let db = match &faults {
+            Some(faults) => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
                     .truncate(false)
                     .open(&path)?;
-                let backend = faults::FaultyBackend::new(file, trigger.into())?;
-                builder().create_with_backend(backend)
+                builder().create_with_backend(faults::FaultyBackend::new(file, faults.clone())?)
             }
             None => builder().create(&path),
         }
         .with_context(|| format!("cannot open database {}", path.display()))?;
+        let (mut log, records) = log::Log::open(data_dir, faults)?;
         let txn = db.begin_write()?;
-        txn.open_table(KV)?;
-        txn.open_table(DELIVERIES)?;
-        txn.open_table(PENDING)?;
-        txn.open_table(DELIVERY_KEYS)?;
-        txn.open_table(EVENTS)?;
-        txn.open_table(FINISHED)?;
-        txn.open_table(MESSAGES)?;
-        txn.open_table(SIMS)?;
-        txn.open_table(RETIRED_KEYS)?;
-        txn.open_table(SENT)?;
+        {
+            // Opening the tables creates those that are missing.
+            let mut tables = Tables::open(&txn, &LoggedWrites::default())?;
+            for record in &records {
+                tables
+                    .replay(record)
+                    .context("cannot apply the write-ahead log")?;
+            }
+        }
         migrate(&txn)?;
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
+        log.checkpointed();
+        if !records.is_empty() {
+            tracing::info!(
+                "applied {} batches of commits from the write-ahead log",
+                records.len()
+            );
+        }
         let db = Arc::new(db);
         let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
         let (writer, watermark) = (db.clone(), durable.clone());
         let committer = std::thread::Builder::new()
             .name("db-committer".into())
-            .spawn(move || run_committer(writer, watermark, receiver))?;
+            .spawn(move || run_committer(writer, log, watermark, receiver))?;
         Ok(Db {
             db,
             durable,
@@ -709,61 +748,169 @@ fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// A batch's writes, as the write-ahead log records them.
+type LoggedWrites = Rc<RefCell<Vec<u8>>>;
+
+/// A table of a batch's transaction whose writes are also recorded for the write-ahead log;
+/// reads go straight to the table.
+struct Logged<'txn, K: Key + 'static, V: Value + 'static> {
+    table: Table<'txn, K, V>,
+    /// The table's number in the log: fixed, as logs outlive builds.
+    id: u8,
+    writes: LoggedWrites,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Logged<'txn, K, V> {
+    fn open(
+        txn: &'txn redb::WriteTransaction,
+        definition: TableDefinition<K, V>,
+        id: u8,
+        writes: &LoggedWrites,
+    ) -> Result<Self> {
+        Ok(Logged {
+            table: txn.open_table(definition)?,
+            id,
+            writes: writes.clone(),
+        })
+    }
+
+    fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<()> {
+        log::encode(
+            &mut self.writes.borrow_mut(),
+            self.id,
+            K::as_bytes(key.borrow()).as_ref(),
+            Some(V::as_bytes(value.borrow()).as_ref()),
+        );
+        self.table.insert(key, value)?;
+        Ok(())
+    }
+
+    fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<AccessGuard<'_, V>>> {
+        log::encode(
+            &mut self.writes.borrow_mut(),
+            self.id,
+            K::as_bytes(key.borrow()).as_ref(),
+            None,
+        );
+        Ok(self.table.remove(key)?)
+    }
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Deref for Logged<'txn, K, V> {
+    type Target = Table<'txn, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+/// A logged table, as start-up applies the log's writes to it again.
+trait Replay {
+    fn id(&self) -> u8;
+    fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()>;
+}
+
+impl<K: Key + 'static, V: Value + 'static> Replay for Logged<'_, K, V> {
+    fn id(&self) -> u8 {
+        self.id
+    }
+
+    fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(value) => self
+                .table
+                .insert(K::from_bytes(key), V::from_bytes(value))?,
+            None => self.table.remove(K::from_bytes(key))?,
+        };
+        Ok(())
+    }
+}
+
 /// Every table a batch of commits may write, opened once per transaction: opening and
 /// closing a table costs a lookup and a write in redb's table of tables.
 struct Tables<'txn> {
-    kv: Table<'txn, (&'static str, &'static str), &'static [u8]>,
-    deliveries: Table<'txn, u64, &'static str>,
-    pending: Table<'txn, u64, u64>,
-    keys: Table<'txn, (&'static str, &'static str), u64>,
-    finished: Table<'txn, (u64, u64), ()>,
-    events: Table<'txn, u64, &'static str>,
-    retired: Table<'txn, (u64, u64), (&'static str, &'static str)>,
-    messages: Table<'txn, u64, &'static str>,
-    sims: Table<'txn, (&'static str, &'static str), &'static str>,
-    sent: Table<'txn, &'static str, &'static str>,
+    kv: Logged<'txn, (&'static str, &'static str), &'static [u8]>,
+    deliveries: Logged<'txn, u64, &'static str>,
+    pending: Logged<'txn, u64, u64>,
+    keys: Logged<'txn, (&'static str, &'static str), u64>,
+    finished: Logged<'txn, (u64, u64), ()>,
+    events: Logged<'txn, u64, &'static str>,
+    retired: Logged<'txn, (u64, u64), (&'static str, &'static str)>,
+    messages: Logged<'txn, u64, &'static str>,
+    sims: Logged<'txn, (&'static str, &'static str), &'static str>,
+    sent: Logged<'txn, &'static str, &'static str>,
+    counters: Logged<'txn, &'static str, u64>,
     /// The next delivery or event id, and the next message record id.
     next_id: u64,
     next_message: u64,
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self> {
-        let counters = txn.open_table(COUNTERS)?;
+    fn open(txn: &'txn redb::WriteTransaction, writes: &LoggedWrites) -> Result<Self> {
+        let counters = Logged::open(txn, COUNTERS, 11, writes)?;
         let next_id = counters.get("next_id")?.map_or(1, |value| value.value());
         let next_message = counters
             .get("next_message")?
             .map_or(1, |value| value.value());
-        drop(counters);
         Ok(Tables {
-            kv: txn.open_table(KV)?,
-            deliveries: txn.open_table(DELIVERIES)?,
-            pending: txn.open_table(PENDING)?,
-            keys: txn.open_table(DELIVERY_KEYS)?,
-            finished: txn.open_table(FINISHED)?,
-            events: txn.open_table(EVENTS)?,
-            retired: txn.open_table(RETIRED_KEYS)?,
-            messages: txn.open_table(MESSAGES)?,
-            sims: txn.open_table(SIMS)?,
-            sent: txn.open_table(SENT)?,
+            kv: Logged::open(txn, KV, 1, writes)?,
+            deliveries: Logged::open(txn, DELIVERIES, 2, writes)?,
+            pending: Logged::open(txn, PENDING, 3, writes)?,
+            keys: Logged::open(txn, DELIVERY_KEYS, 4, writes)?,
+            finished: Logged::open(txn, FINISHED, 5, writes)?,
+            events: Logged::open(txn, EVENTS, 6, writes)?,
+            retired: Logged::open(txn, RETIRED_KEYS, 7, writes)?,
+            messages: Logged::open(txn, MESSAGES, 8, writes)?,
+            sims: Logged::open(txn, SIMS, 9, writes)?,
+            sent: Logged::open(txn, SENT, 10, writes)?,
+            counters,
             next_id,
             next_message,
         })
     }
 
-    /// Stores the counters and closes the tables, before the transaction commits.
-    fn close(self, txn: &redb::WriteTransaction) -> Result<()> {
-        let (next_id, next_message) = (self.next_id, self.next_message);
-        drop(self);
-        let mut counters = txn.open_table(COUNTERS)?;
-        counters.insert("next_id", next_id)?;
-        counters.insert("next_message", next_message)?;
+    /// Stores the counters, before the transaction commits.
+    fn close(mut self) -> Result<()> {
+        self.counters.insert("next_id", self.next_id)?;
+        self.counters.insert("next_message", self.next_message)?;
         Ok(())
     }
 
     fn allocate_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id - 1
+    }
+
+    /// Applies one record of the write-ahead log again.
+    fn replay(&mut self, record: &[u8]) -> Result<()> {
+        for write in log::decode(record)? {
+            let tables: [&mut dyn Replay; 11] = [
+                &mut self.kv,
+                &mut self.deliveries,
+                &mut self.pending,
+                &mut self.keys,
+                &mut self.finished,
+                &mut self.events,
+                &mut self.retired,
+                &mut self.messages,
+                &mut self.sims,
+                &mut self.sent,
+                &mut self.counters,
+            ];
+            let table = tables
+                .into_iter()
+                .find(|table| table.id() == write.table)
+                .with_context(|| format!("the write-ahead log names table {}", write.table))?;
+            table.replay(write.key, write.value)?;
+        }
+        Ok(())
     }
 }
 
@@ -772,12 +919,11 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
     let mut committed = Committed::default();
     for (label, writes) in &commit.kv {
         for (key, value) in writes.iter() {
+            let key = (label.as_str(), key.as_str());
             match value {
-                Some(value) => tables
-                    .kv
-                    .insert((label.as_str(), key.as_str()), value.as_slice())?,
-                None => tables.kv.remove((label.as_str(), key.as_str()))?,
-            };
+                Some(value) => tables.kv.insert(key, value.as_slice())?,
+                None => drop(tables.kv.remove(key)?),
+            }
         }
     }
     for delivery in commit.deliveries {
@@ -1140,6 +1286,53 @@ mod tests {
         assert_eq!(
             db.kv_snapshot().unwrap().keys("a", None, 10).unwrap(),
             (vec!["k".to_string()], true)
+        );
+    }
+
+    /// The database's files as a crash would leave them now: what reached the page cache.
+    fn crash_image(from: &Path) -> tempfile::TempDir {
+        let image = tempfile::tempdir().unwrap();
+        for file in ["simrelay.redb", "simrelay.log"] {
+            std::fs::copy(from.join(file), image.path().join(file)).unwrap();
+        }
+        image
+    }
+
+    #[test]
+    fn a_crash_keeps_every_commit_acknowledged_and_applying_the_log_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.commit(commit(
+            "a",
+            &[("k", Some("1")), ("gone", Some("x"))],
+            &["push/1"],
+        ))
+        .unwrap();
+        db.commit(commit(
+            "a",
+            &[("k", Some("2")), ("gone", None)],
+            &["push/2"],
+        ))
+        .unwrap();
+        let image = crash_image(dir.path());
+        drop(db);
+        let check = |db: &Db| {
+            assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some(&b"2"[..]));
+            assert_eq!(db.kv_get("a", "gone").unwrap(), None);
+            let ids: Vec<_> = db.deliveries().unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(ids, [1, 2]);
+        };
+        // Each open applies the log and commits durably; the log starts over only with the
+        // next batch, so the second open applies the same records again.
+        for _ in 0..2 {
+            let db = Db::open(image.path()).unwrap();
+            check(&db);
+        }
+        let db = Db::open(image.path()).unwrap();
+        let next = db.commit(commit("a", &[], &["push/3"])).unwrap();
+        assert_eq!(
+            next.deliveries[0].1, 3,
+            "the id counter came back with the rest"
         );
     }
 
