@@ -19,7 +19,8 @@ pub struct DueQueue {
 #[derive(Default)]
 struct Heap {
     due: BinaryHeap<Reverse<(u64, u64)>>,
-    /// Items taken with [`DueQueue::hold_next_due`] and not yet released.
+    /// Items taken with [`DueQueue::hold_due`] or announced with [`DueQueue::hold_one`], and
+    /// not yet released.
     in_hand: usize,
 }
 
@@ -27,6 +28,12 @@ impl DueQueue {
     pub fn schedule(&self, due_ms: u64, id: u64) {
         self.heap().due.push(Reverse((due_ms, id)));
         self.changed.notify_one();
+    }
+
+    /// Counts an item on its way (not yet scheduled) as in hand, so that the queue is not
+    /// idle, until [`DueQueue::release`].
+    pub fn hold_one(&self) {
+        self.heap().in_hand += 1;
     }
 
     fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
@@ -50,13 +57,14 @@ impl DueQueue {
 
     /// Waits until the earliest item is due and takes it.
     pub async fn next_due(&self) -> u64 {
-        self.take_due(false).await
+        self.take_due(false, 1).await[0]
     }
 
-    /// The same as [`DueQueue::next_due`], but the item counts as in hand, so the queue is
-    /// not idle, until [`DueQueue::release`].
-    pub async fn hold_next_due(&self) -> u64 {
-        self.take_due(true).await
+    /// Waits until the earliest item is due and takes it with the others due, `max` at most,
+    /// in order. They count as in hand, so the queue is not idle, until each is released
+    /// ([`DueQueue::release`]).
+    pub async fn hold_due(&self, max: usize) -> Vec<u64> {
+        self.take_due(true, max).await
     }
 
     pub fn release(&self) {
@@ -64,19 +72,25 @@ impl DueQueue {
         heap.in_hand = heap.in_hand.saturating_sub(1);
     }
 
-    async fn take_due(&self, hold: bool) -> u64 {
+    async fn take_due(&self, hold: bool, max: usize) -> Vec<u64> {
         loop {
             let wait = {
                 let now = crate::now_ms();
                 let mut heap = self.heap();
                 match heap.due.peek() {
                     Some(Reverse((due, _))) if *due <= now => {
-                        heap.in_hand += usize::from(hold);
-                        return heap
-                            .due
-                            .pop()
-                            .map(|Reverse((_, id))| id)
-                            .unwrap_or_default();
+                        let mut taken = Vec::new();
+                        while let Some(Reverse((due, id))) = heap.due.peek().copied() {
+                            if due > now || taken.len() == max {
+                                break;
+                            }
+                            heap.due.pop();
+                            taken.push(id);
+                        }
+                        if hold {
+                            heap.in_hand += taken.len();
+                        }
+                        return taken;
                     }
                     Some(Reverse((due, _))) => Some(Duration::from_millis(due - now)),
                     None => None,
@@ -135,12 +149,37 @@ mod tests {
         assert!(queue.is_idle());
         queue.schedule(crate::now_ms(), 1);
         assert!(!queue.is_idle());
-        assert_eq!(queue.hold_next_due().await, 1);
-        assert!(!queue.is_idle(), "taken but still in hand");
+        queue.schedule(crate::now_ms(), 2);
+        assert_eq!(queue.hold_due(10).await, [1, 2], "what is due, in order");
+        queue.release();
+        assert!(!queue.is_idle(), "one taken is still in hand");
         queue.release();
         assert!(queue.is_idle());
-        queue.schedule(crate::now_ms(), 2);
-        assert_eq!(queue.next_due().await, 2);
+        queue.schedule(crate::now_ms(), 3);
+        assert_eq!(queue.next_due().await, 3);
         assert!(queue.is_idle(), "taken without holding");
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_only_what_is_due_and_at_most_max() {
+        let queue = DueQueue::default();
+        let now = crate::now_ms();
+        for id in 1..=3 {
+            queue.schedule(now, id);
+        }
+        queue.schedule(now + 3_600_000, 4);
+        assert_eq!(queue.hold_due(2).await, [1, 2]);
+        assert_eq!(queue.hold_due(10).await, [3], "4 is not due");
+        assert_eq!(queue.depth(), (1, Some(now + 3_600_000)));
+    }
+
+    #[test]
+    fn an_item_announced_keeps_the_queue_busy_until_released() {
+        let queue = DueQueue::default();
+        queue.hold_one();
+        assert!(!queue.is_idle(), "on its way");
+        queue.schedule(crate::now_ms(), 1);
+        queue.release();
+        assert!(!queue.is_idle(), "scheduled");
     }
 }

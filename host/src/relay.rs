@@ -43,10 +43,13 @@ use crate::runtime::{CallError, LoadedPlugin, Runtime};
 /// Route captures, e.g. `("key", "…")` for `/api/{key}/webhook`.
 pub type Captures = Vec<(String, String)>;
 
-/// The longest an event handed over may take before its target's events are queued
-/// instead: the webhook that emitted it waits for it.
+/// The most CPU time an event handed over may take before its target's events are queued
+/// instead: the webhook that emitted it waits for it. CPU time, not time on the clock, so
+/// that a busy machine, which slows every call, does not count against a plugin.
 const HAND_OVER_BUDGET: Duration = Duration::from_millis(5);
 const SLOW_HAND_OVERS: u32 = 3;
+/// The most queued events an instance's worker takes at a time.
+const EVENT_BATCH: usize = 64;
 
 /// Versions kept per instance for rollback.
 const HISTORY: usize = 5;
@@ -186,6 +189,7 @@ pub struct Submitted {
 }
 
 /// What a commit leaves to do once it is durable.
+#[derive(Default)]
 struct AfterCommit {
     sequence: Option<u64>,
     /// Stores whose unflushed layer holds this commit's writes.
@@ -193,7 +197,23 @@ struct AfterCommit {
     /// A delivery to retry when its record was stored as pending.
     retry_delivery: Option<(u64, u64)>,
     /// `delivery-health` events the outcome caused, committed on their own.
-    alerts: Option<PendingCommit>,
+    alerts: Option<Box<Submitted>>,
+    /// The commit's events, counted in their targets' queues until they are scheduled.
+    announced: Announced,
+}
+
+/// Events on their way to durable storage, each counted as in hand in its target's queue
+/// until this is dropped, after they are scheduled or failed to store: a target with
+/// events on the way is not idle, so no later event is handed over before them.
+#[derive(Default)]
+struct Announced(Vec<Arc<Instance>>);
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        for target in &self.0 {
+            target.events.release();
+        }
+    }
 }
 
 impl Submitted {
@@ -201,8 +221,11 @@ impl Submitted {
     /// Not from a task: there, [`Submitted::durable`].
     pub fn finish(mut self, relay: &Relay) -> Result<Committed> {
         let committed = self.pending.wait();
-        let alerts = self.after.alerts.take().map(PendingCommit::wait);
-        self.after.run(relay, committed, alerts)
+        if let Some(alerts) = self.after.alerts.take() {
+            // Alerts that cannot be stored are not worth failing the outcome for.
+            let _ = alerts.finish(relay);
+        }
+        self.after.run(relay, committed)
     }
 
     /// [`Submitted::durable`] in a task of its own, so that what the commit leaves to do
@@ -216,28 +239,21 @@ impl Submitted {
     /// Resolves once the commit (and all it read) is durable, having scheduled what it added.
     pub async fn durable(mut self, relay: &Relay) -> Result<Committed> {
         let committed = self.pending.durable().await;
-        let alerts = match self.after.alerts.take() {
-            Some(alerts) => Some(alerts.durable().await),
-            None => None,
-        };
-        self.after.run(relay, committed, alerts)
+        if let Some(alerts) = self.after.alerts.take() {
+            let _ = Box::pin(alerts.durable(relay)).await;
+        }
+        self.after.run(relay, committed)
     }
 }
 
 impl AfterCommit {
-    fn run(
-        self,
-        relay: &Relay,
-        committed: Result<Committed>,
-        alerts: Option<Result<Committed>>,
-    ) -> Result<Committed> {
+    /// Runs once the commit is durable or failed; dropping `self` at the end releases the
+    /// announced events, after they are scheduled.
+    fn run(self, relay: &Relay, committed: Result<Committed>) -> Result<Committed> {
         if let Some(sequence) = self.sequence {
             for store in &self.layered {
                 store.remove_durable(sequence);
             }
-        }
-        if let Some(Ok(alerts)) = alerts {
-            relay.schedule(&alerts);
         }
         let committed = committed?;
         relay.schedule(&committed);
@@ -247,6 +263,10 @@ impl AfterCommit {
         Ok(committed)
     }
 }
+
+/// An event's outcome on the target it was handed over to, with the target's stores held
+/// until the outcome is queued with its cause's.
+type HandedOver = (Commit, Arc<Active>, Vec<StoreGuard>);
 
 /// Why an input got no outcome of its own.
 pub enum Failure {
@@ -414,22 +434,42 @@ impl Relay {
     ) -> Result<crate::send::SentMessage> {
         let now = crate::now_ms();
         let record = crate::send::SentMessage::queued(&request, instance, message_id, now);
-        let committed = self
-            .db
-            .submit(Commit {
-                instance: "simrelay".into(),
-                message_id: message_id.to_string(),
-                now_ms: now,
-                events: vec![NewEvent {
-                    target: instance.to_string(),
-                    event: Event::SendSms(request),
-                }],
-                sends: vec![record.clone()],
-                ..Default::default()
-            })
-            .wait()?;
-        self.schedule(&committed);
+        self.submit_with_events(Commit {
+            instance: "simrelay".into(),
+            message_id: message_id.to_string(),
+            now_ms: now,
+            events: vec![NewEvent {
+                target: instance.to_string(),
+                event: Event::SendSms(request),
+            }],
+            sends: vec![record.clone()],
+            ..Default::default()
+        })
+        .finish(self)?;
         Ok(record)
+    }
+
+    /// Queues a commit of the host's own, announcing its events to their targets' queues.
+    fn submit_with_events(&self, commit: Commit) -> Submitted {
+        let announced = self.announce(&commit.events);
+        Submitted {
+            pending: self.db.submit(commit),
+            after: AfterCommit {
+                announced,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn announce(&self, events: &[NewEvent]) -> Announced {
+        let targets: Vec<_> = events
+            .iter()
+            .filter_map(|new| self.instance(&new.target))
+            .collect();
+        for target in &targets {
+            target.events.hold_one();
+        }
+        Announced(targets)
     }
 
     /// A new id for an input from outside; everything it causes is logged with it.
@@ -680,7 +720,7 @@ impl Relay {
         });
         let mut submitted = self.submitted_delivery(id, now, submitted, retry_at);
         if let Some(submitted) = &mut submitted {
-            submitted.after.alerts = alerts;
+            submitted.after.alerts = alerts.map(Box::new);
         }
         submitted
     }
@@ -695,7 +735,7 @@ impl Relay {
         last_error: Option<String>,
         destination: String,
         now: u64,
-    ) -> Option<PendingCommit> {
+    ) -> Option<Submitted> {
         let failures = {
             let mut counts = self
                 .delivery_failures
@@ -735,7 +775,7 @@ impl Relay {
                 .collect(),
             ..Default::default()
         };
-        Some(self.db.submit(commit))
+        Some(self.submit_with_events(commit))
     }
 
     /// Records a delivery the host refused to send, without asking the plugin.
@@ -871,14 +911,15 @@ impl Relay {
         let (active, guards) = instance.lock();
         let (result, mut commit) =
             self.call(instance, &active, message_id, now_ms, input, consumed);
-        let handed = self.hand_over(&mut commit, now_ms);
+        let (handed, announced) = self.hand_over(&mut commit, now_ms);
         let mut held = guards;
         let mut commits = vec![(commit, active.stores.clone())];
         for (outcome, target, guards) in handed {
             commits.push((outcome, target.stores.clone()));
             held.extend(guards);
         }
-        let submitted = self.queue_commit(commits, held);
+        let mut submitted = self.queue_commit(commits, held);
+        submitted.after.announced = announced;
         self.roll_back_if_failing(instance, &active);
         (result, Ok(submitted))
     }
@@ -979,11 +1020,7 @@ impl Relay {
     /// queued for it, no call in progress): its outcome then commits in the same
     /// transaction as the event's cause, and the event is never stored. The others stay
     /// in the commit, to be queued. The targets' stores stay locked until the commit is.
-    fn hand_over(
-        &self,
-        commit: &mut Commit,
-        now_ms: u64,
-    ) -> Vec<(Commit, Arc<Active>, Vec<StoreGuard>)> {
+    fn hand_over(&self, commit: &mut Commit, now_ms: u64) -> (Vec<HandedOver>, Announced) {
         let mut handed = Vec::new();
         let mut queued = Vec::new();
         for new in std::mem::take(&mut commit.events) {
@@ -1001,18 +1038,15 @@ impl Relay {
                 None => queued.push(new),
             }
         }
+        let announced = self.announce(&queued);
         commit.events = queued;
-        handed
+        (handed, announced)
     }
 
-    /// Runs `new`'s call on its target now, if the target is idle and the call succeeds.
+    /// Runs `new`'s call on its target now, on this thread, if the target is idle and the
+    /// call succeeds.
     /// A failed call leaves the event to the queue and its retries.
-    fn handle_now(
-        &self,
-        new: &NewEvent,
-        message_id: &str,
-        now_ms: u64,
-    ) -> Option<(Commit, Arc<Active>, Vec<StoreGuard>)> {
+    fn handle_now(&self, new: &NewEvent, message_id: &str, now_ms: u64) -> Option<HandedOver> {
         let target = self.instance(&new.target)?;
         let (active, guards) = target.try_lock()?;
         // Behind a backlog, or an event in progress, the event waits its turn.
@@ -1024,7 +1058,7 @@ impl Relay {
         }
         let _span =
             info_span!("event", message_id = %message_id, instance = %target.name).entered();
-        let started = Instant::now();
+        let started = thread_cpu_time();
         let (result, commit) = self.call(
             &target,
             &active,
@@ -1033,7 +1067,7 @@ impl Relay {
             Input::Event(&new.event),
             |_, _| Consumed::Nothing,
         );
-        if started.elapsed() < HAND_OVER_BUDGET {
+        if thread_cpu_time().saturating_sub(started) < HAND_OVER_BUDGET {
             active.slow_events.store(0, Ordering::Relaxed);
         } else if active.slow_events.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_HAND_OVERS {
             warn!("its events take long: they are queued from now on, not handed over");
@@ -1116,8 +1150,7 @@ impl Relay {
             after: AfterCommit {
                 sequence,
                 layered,
-                retry_delivery: None,
-                alerts: None,
+                ..Default::default()
             },
         }
     }
@@ -1193,24 +1226,42 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
     let (worker, target) = (relay.clone(), instance.clone());
     tokio::spawn(async move {
         loop {
-            let id = tokio::select! {
-                id = target.events.hold_next_due() => id,
+            let ids = tokio::select! {
+                ids = target.events.hold_due(EVENT_BATCH) => ids,
                 () = target.stopped() => return,
             };
-            let submitted = crate::block_here(|| worker.submit_event(&target, id));
-            // Its commit is queued: an event handed over from now on comes after it.
-            target.events.release();
-            let Ok(Some(submitted)) = submitted else {
+            // A backlog is worked through a batch at a time on one thread: one event per turn
+            // would get this worker a turn as often as each webhook, and never catch up.
+            let mut taken = 0;
+            let submitted = crate::block_here(|| {
+                let mut submitted = Vec::new();
+                for id in &ids {
+                    taken += 1;
+                    submitted.extend(worker.submit_event(&target, *id).map(|one| (*id, one)));
+                    // Its commit is queued: an event handed over from now on comes after it.
+                    target.events.release();
+                }
+                submitted
+            });
+            let Ok(submitted) = submitted else {
+                // A host bug: the event that hit it waits for a restart, the rest go back.
+                target.events.release();
+                for id in &ids[taken..] {
+                    target.events.schedule(crate::now_ms(), *id);
+                    target.events.release();
+                }
                 continue;
             };
             let relay = worker.clone();
-            // The next event may start while this one's commit reaches the disk.
+            // The next events may start while these commits reach the disk.
             tokio::spawn(async move {
-                if let Err(error) = submitted.durable(&relay).await {
-                    warn!(
-                        event = id,
-                        "cannot store the outcome of an event: {error:#}"
-                    );
+                for (id, submitted) in submitted {
+                    if let Err(error) = submitted.durable(&relay).await {
+                        warn!(
+                            event = id,
+                            "cannot store the outcome of an event: {error:#}"
+                        );
+                    }
                 }
             });
         }
@@ -1256,4 +1307,15 @@ pub fn spawn_retention(relay: &Arc<Relay>, retention: Retention) {
             .await;
         }
     });
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; this clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
