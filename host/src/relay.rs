@@ -1048,8 +1048,13 @@ impl Relay {
     /// A failed call leaves the event to the queue and its retries.
     fn handle_now(&self, new: &NewEvent, message_id: &str, now_ms: u64) -> Option<HandedOver> {
         let target = self.instance(&new.target)?;
+        // Behind a backlog, or an event in progress, the event waits its turn: checked
+        // before the stores are tried, so a target working through a backlog is not
+        // disturbed by every webhook, and again once they are held.
+        if !target.events.is_idle() {
+            return None;
+        }
         let (active, guards) = target.try_lock()?;
-        // Behind a backlog, or an event in progress, the event waits its turn.
         if !target.events.is_idle()
             || target.is_removed()
             || active.slow_events.load(Ordering::Relaxed) >= SLOW_HAND_OVERS
