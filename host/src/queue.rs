@@ -49,6 +49,14 @@ impl DueQueue {
         )
     }
 
+    /// How long the earliest item has been due, 0 when none is.
+    pub fn overdue_ms(&self, now_ms: u64) -> u64 {
+        self.heap()
+            .due
+            .peek()
+            .map_or(0, |Reverse((due, _))| now_ms.saturating_sub(*due))
+    }
+
     /// Whether nothing waits and nothing taken is still in hand.
     pub fn is_idle(&self) -> bool {
         let heap = self.heap();
@@ -171,6 +179,16 @@ mod tests {
         assert_eq!(queue.hold_due(2).await, [1, 2]);
         assert_eq!(queue.hold_due(10).await, [3], "4 is not due");
         assert_eq!(queue.depth(), (1, Some(now + 3_600_000)));
+    }
+
+    #[test]
+    fn only_items_due_count_as_overdue() {
+        let queue = DueQueue::default();
+        assert_eq!(queue.overdue_ms(1_000), 0, "empty");
+        queue.schedule(5_000, 1);
+        assert_eq!(queue.overdue_ms(1_000), 0, "waiting for a retry");
+        queue.schedule(800, 2);
+        assert_eq!(queue.overdue_ms(1_000), 200);
     }
 
     #[test]

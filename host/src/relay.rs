@@ -51,6 +51,11 @@ const SLOW_HAND_OVERS: u32 = 3;
 /// The most queued events an instance's worker takes at a time.
 const EVENT_BATCH: usize = 64;
 
+/// How far behind (the wait of its oldest due event) an instance may fall before the
+/// webhooks that feed it wait, and the longest one webhook waits for it.
+const BACKLOG_LAG: Duration = Duration::from_millis(100);
+const MAX_HOLD_BACK: Duration = Duration::from_millis(50);
+
 /// Versions kept per instance for rollback.
 const HISTORY: usize = 5;
 
@@ -377,6 +382,40 @@ impl Relay {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Waits, up to [`MAX_HOLD_BACK`], while an instance `instance`'s events go to is more
+    /// than [`BACKLOG_LAG`] behind: the host then takes SMS in no faster than it passes them
+    /// on, so no backlog builds under a load it cannot sustain, and the CPU the webhooks
+    /// would take goes to the events. Events waiting for a retry are not due and do not
+    /// count, and a target demoted for slow events is not waited for: a plugin that fails
+    /// or is slow on its own does not slow the webhooks that feed it.
+    pub async fn keep_pace(&self, instance: &Instance) {
+        let targets: Vec<_> = instance
+            .active()
+            .forward_to()
+            .iter()
+            .filter_map(|target| self.instance(target))
+            .filter(|target| target.active().slow_events.load(Ordering::Relaxed) < SLOW_HAND_OVERS)
+            .collect();
+        let behind = || {
+            let now = crate::now_ms();
+            targets
+                .iter()
+                .any(|target| target.events.overdue_ms(now) > BACKLOG_LAG.as_millis() as u64)
+        };
+        if !behind() {
+            return;
+        }
+        metrics().count(
+            "simrelay_webhooks_held_back_total",
+            "Webhooks that waited for an instance their events go to, which was behind.",
+            &[("instance", &instance.name)],
+        );
+        let deadline = Instant::now() + MAX_HOLD_BACK;
+        while Instant::now() < deadline && behind() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// The instance a request is for, and the route's captures.

@@ -321,6 +321,7 @@ pub async fn webhook(
         Ok(read) => read,
         Err(response) => return response,
     };
+    relay.keep_pace(&instance).await;
     let message_id = relay.new_message_id();
     let span = info_span!("webhook", message_id = %message_id, instance = %instance.name);
     let request = HttpRequest {
