@@ -4,9 +4,10 @@
 //! copy-on-write path of pages per table touched, about 115 KB for a small batch of SMS, and
 //! most of a commit's time. Instead, each batch's writes are appended here, as the table,
 //! key and value bytes redb was given, and synced (a few KB), and redb commits the batch
-//! without syncing. Now and then ([`Log::checkpoint_due`]) a batch, logged like any other,
-//! also commits durably in redb, which makes every earlier batch durable there too, and the
-//! log starts over.
+//! without syncing. Now and then redb commits durably, which makes every earlier batch
+//! durable there too, and the log starts over (a checkpoint): in a quiet moment, when no
+//! batch waits ([`Log::checkpoint_worthwhile`]), or, under a load that leaves none, with a
+//! batch ([`Log::checkpoint_due`]).
 //!
 //! At start-up the log's records are applied again, in order. Its records are whole puts
 //! and removes, and the log always holds every write since redb's last durable commit, so
@@ -36,10 +37,13 @@ const RECORD_HEADER: usize = 16;
 /// The file's size. Once half of it is used the next batch checkpoints; a generation that
 /// outgrows the file (one huge batch) grows it.
 const CAPACITY: u64 = 16 << 20;
-/// The most time between checkpoints: it bounds the replay at start-up, and the pages redb
-/// writes at a checkpoint, which delay the batches queued behind it. Longer intervals
-/// write fewer pages per batch in all but make that delay longer (BENCHMARKS.md).
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// The most time between checkpoints: it bounds the replay at start-up. A checkpoint
+/// writes every page redb changed since the last one, and batches queue behind it, so
+/// checkpoints are taken in quiet moments where there are any (below), and only under a
+/// load that leaves none does a batch wait for one.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// The least time between checkpoints taken in a quiet moment: each costs a sync of its own.
+const QUIET_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(3);
 /// The value length that marks a remove.
 const REMOVED: u32 = u32::MAX;
 
@@ -147,7 +151,13 @@ impl Log {
             Vec::new()
         };
         if size < CAPACITY || &magic != MAGIC {
-            log.preallocate(size)?;
+            log.preallocate(size).with_context(|| {
+                format!(
+                    "cannot fill the write-ahead log {} to {} MiB",
+                    log.path.display(),
+                    CAPACITY >> 20
+                )
+            })?;
         }
         Ok((log, bodies))
     }
@@ -196,6 +206,12 @@ impl Log {
             offset = body_at + len;
         }
         Ok(bodies)
+    }
+
+    /// Whether a checkpoint is worth taking now, with no batch waiting.
+    pub fn checkpoint_worthwhile(&self) -> bool {
+        self.end > MAGIC.len() as u64
+            && self.since_checkpoint.elapsed() >= QUIET_CHECKPOINT_INTERVAL
     }
 
     /// Whether the batch just logged should also commit durably in redb.
