@@ -192,6 +192,60 @@ async fn a_consumer_slow_on_events_gets_them_queued_not_handed_over() {
     );
 }
 
+/// A consumer that falls behind holds back the webhooks that feed it, and loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_wait_for_a_consumer_that_falls_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let config = with_misbehaving_consumer(&smsbower.base_url);
+    let host = Host::start(dir.path(), &config).await;
+    open_sample_activation(&host).await;
+    let sms = |at: u64, text: &str| {
+        format!(r#"{{"type":"recv-sms","sms":[[0,"1.01",{at},"Bank","79001234567","{text}"]]}}"#)
+    };
+    // A trapped event waits for its retry, so the consumer's events are queued from now on,
+    // not handed over (and a slow one does not demote it); each "slow" one takes 50 ms.
+    assert_eq!(
+        post_ejoin(&host, EJOIN_KEY, &sms(1700000000, "dHJhcA=="))
+            .await
+            .0,
+        200
+    );
+    let mut sent = 1;
+    for _ in 0..12 {
+        assert_eq!(
+            post_ejoin(&host, EJOIN_KEY, &sms(1700000000 + sent, "c2xvdw=="))
+                .await
+                .0,
+            200
+        );
+        sent += 1;
+    }
+    // While the consumer works through 600 ms of them, what arrives waits behind them.
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            post_ejoin(&host, EJOIN_KEY, &sms(1700000000 + sent, "ZmluZQ=="))
+                .await
+                .0,
+            200
+        );
+        sent += 1;
+    }
+    let held = host
+        .metric(r#"simrelay_webhooks_held_back_total{instance="ejoin"}"#)
+        .await;
+    assert!(held >= 1.0, "no webhook was held back: {}", host.logs());
+    smsbower
+        .wait_for_pushes(Duration::from_secs(20), sent as usize)
+        .await;
+    assert_eq!(
+        smsbower.pushes().len(),
+        sent as usize,
+        "each SMS pushed once"
+    );
+}
+
 /// Posts `body` to a misbehaving instance's route and returns the reply's `message`.
 async fn ask(host: &Host, instance: &str, how: &str, body: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
