@@ -106,6 +106,12 @@ fn with_misbehaving_consumer(smsbower_base_url: &str) -> String {
     )
 }
 
+/// An Ejoin `recv-sms` webhook body: one SMS from "Bank" received at `at` (Unix seconds),
+/// its text in base64.
+fn bank_sms(at: u64, text_base64: &str) -> String {
+    format!(r#"{{"type":"recv-sms","sms":[[0,"1.01",{at},"Bank","79001234567","{text_base64}"]]}}"#)
+}
+
 /// The `simrelay_events_total` sample of events for `instance` that took `path`.
 fn events_total(instance: &str, path: &str) -> String {
     format!("simrelay_events_total{{instance=\"{instance}\",path=\"{path}\"}}")
@@ -126,9 +132,8 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     ];
 
     // "trap" in base64: the misbehaving instance panics on this message's event.
-    let trap =
-        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000000,"Bank","79001234567","dHJhcA=="]]}"#;
-    let (status, _) = post_ejoin(&host, EJOIN_KEY, trap).await;
+    let trap = bank_sms(1700000000, "dHJhcA==");
+    let (status, _) = post_ejoin(&host, EJOIN_KEY, &trap).await;
     assert_eq!(status, 200, "the gateway's webhook is accepted");
     smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
     assert_eq!(
@@ -138,9 +143,8 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     );
     // An idle consumer gets its event at once, in the webhook's own commit; the failed one
     // waits for its retry in the queue, and a later event waits behind it, in order.
-    let fine =
-        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000001,"Bank","79001234567","ZmluZQ=="]]}"#;
-    assert_eq!(post_ejoin(&host, EJOIN_KEY, fine).await.0, 200);
+    let fine = bank_sms(1700000001, "ZmluZQ==");
+    assert_eq!(post_ejoin(&host, EJOIN_KEY, &fine).await.0, 200);
     smsbower.wait_for_pushes(Duration::from_secs(10), 2).await;
     let after = [
         counted("smsbower", "handed_over").await,
@@ -177,10 +181,10 @@ async fn a_consumer_slow_on_events_gets_them_queued_not_handed_over() {
     // gateway's webhook waits for it; after three in a row the next one is queued instead.
     let slow = (0..3).map(|n| (1700000000 + n, "c2xvdw=="));
     for (at, text) in slow.chain([(1700000003, "ZmluZQ==")]) {
-        let body = format!(
-            r#"{{"type":"recv-sms","sms":[[0,"1.01",{at},"Bank","79001234567","{text}"]]}}"#
+        assert_eq!(
+            post_ejoin(&host, EJOIN_KEY, &bank_sms(at, text)).await.0,
+            200
         );
-        assert_eq!(post_ejoin(&host, EJOIN_KEY, &body).await.0, 200);
     }
     smsbower.wait_for_pushes(Duration::from_secs(10), 4).await;
     let after = [counted("handed_over").await, counted("queued").await];
@@ -200,13 +204,10 @@ async fn webhooks_wait_for_a_consumer_that_falls_behind() {
     let config = with_misbehaving_consumer(&smsbower.base_url);
     let host = Host::start(dir.path(), &config).await;
     open_sample_activation(&host).await;
-    let sms = |at: u64, text: &str| {
-        format!(r#"{{"type":"recv-sms","sms":[[0,"1.01",{at},"Bank","79001234567","{text}"]]}}"#)
-    };
     // A trapped event waits for its retry, so the consumer's events are queued from now on,
     // not handed over (and a slow one does not demote it); each "slow" one takes 50 ms.
     assert_eq!(
-        post_ejoin(&host, EJOIN_KEY, &sms(1700000000, "dHJhcA=="))
+        post_ejoin(&host, EJOIN_KEY, &bank_sms(1700000000, "dHJhcA=="))
             .await
             .0,
         200
@@ -214,7 +215,7 @@ async fn webhooks_wait_for_a_consumer_that_falls_behind() {
     let mut sent = 1;
     for _ in 0..12 {
         assert_eq!(
-            post_ejoin(&host, EJOIN_KEY, &sms(1700000000 + sent, "c2xvdw=="))
+            post_ejoin(&host, EJOIN_KEY, &bank_sms(1700000000 + sent, "c2xvdw=="))
                 .await
                 .0,
             200
@@ -225,7 +226,7 @@ async fn webhooks_wait_for_a_consumer_that_falls_behind() {
     let until = std::time::Instant::now() + Duration::from_millis(1500);
     while std::time::Instant::now() < until {
         assert_eq!(
-            post_ejoin(&host, EJOIN_KEY, &sms(1700000000 + sent, "ZmluZQ=="))
+            post_ejoin(&host, EJOIN_KEY, &bank_sms(1700000000 + sent, "ZmluZQ=="))
                 .await
                 .0,
             200

@@ -928,22 +928,22 @@ impl<'txn> Tables<'txn> {
 
     /// Applies one record of the write-ahead log again.
     fn replay(&mut self, record: &[u8]) -> Result<()> {
+        let mut tables: [&mut dyn Replay; 11] = [
+            &mut self.kv,
+            &mut self.deliveries,
+            &mut self.pending,
+            &mut self.keys,
+            &mut self.finished,
+            &mut self.events,
+            &mut self.retired,
+            &mut self.messages,
+            &mut self.sims,
+            &mut self.sent,
+            &mut self.counters,
+        ];
         for write in log::decode(record)? {
-            let tables: [&mut dyn Replay; 11] = [
-                &mut self.kv,
-                &mut self.deliveries,
-                &mut self.pending,
-                &mut self.keys,
-                &mut self.finished,
-                &mut self.events,
-                &mut self.retired,
-                &mut self.messages,
-                &mut self.sims,
-                &mut self.sent,
-                &mut self.counters,
-            ];
             let table = tables
-                .into_iter()
+                .iter_mut()
                 .find(|table| table.id() == write.table)
                 .with_context(|| format!("the write-ahead log names table {}", write.table))?;
             table.replay(write.key, write.value)?;
