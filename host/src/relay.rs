@@ -1276,26 +1276,21 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
             };
             // A backlog is worked through a batch at a time on one thread: one event per turn
             // would get this worker a turn as often as each webhook, and never catch up.
-            let mut taken = 0;
             let submitted = crate::block_here(|| {
-                let mut submitted = Vec::new();
-                for id in &ids {
-                    taken += 1;
-                    submitted.extend(worker.submit_event(&target, *id).map(|one| (*id, one)));
-                    // Its commit is queued: an event handed over from now on comes after it.
-                    target.events.release();
-                }
-                submitted
-            });
-            let Ok(submitted) = submitted else {
-                // A host bug: the event that hit it waits for a restart, the rest go back.
-                target.events.release();
-                for id in &ids[taken..] {
-                    target.events.schedule(crate::now_ms(), *id);
-                    target.events.release();
-                }
-                continue;
-            };
+                ids.iter()
+                    .filter_map(|id| {
+                        // A host bug on one event leaves it for a restart; the rest go on,
+                        // and the commits already queued are seen through.
+                        let one = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            worker.submit_event(&target, *id)
+                        }));
+                        // Its commit is queued: an event handed over from now on comes after it.
+                        target.events.release();
+                        Some((*id, one.ok()??))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
             let relay = worker.clone();
             // The next events may start while these commits reach the disk.
             tokio::spawn(async move {
