@@ -14,13 +14,13 @@
 //! on the version it started with and the next call uses the new one. State, queued events
 //! and pending deliveries belong to the instance, not to the version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use simrelay_core::relay::{self as decide, DeliveryRecord};
+use simrelay_core::relay::{self as decide, DeliveryRecord, QueuedEvent};
 use simrelay_core::retry::{DeliveryState, RetryPolicy, failure_backoff_ms};
 use simrelay_core::routing::{Matched, Pattern, Route, Router};
 use tokio::sync::Notify;
@@ -28,7 +28,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::abi::{Input, Output};
 use crate::config::{Config, InstanceConfig, Limits, RouteConfig, SendConfig};
-use crate::db::{Commit, Committed, Consumed, Db, NewDelivery, NewEvent, PendingCommit, Retention};
+use crate::db::{Commit, Committed, Consumed, Db, NewDelivery, PendingCommit, Retention};
 use crate::delivery::AllowList;
 use crate::kv::{KvOverlay, StoreGuard, StoreState};
 use crate::metrics::metrics;
@@ -50,6 +50,9 @@ const HAND_OVER_BUDGET: Duration = Duration::from_millis(5);
 const SLOW_HAND_OVERS: u32 = 3;
 /// The most queued events an instance's worker takes at a time.
 const EVENT_BATCH: usize = 64;
+/// The most queued events an instance keeps in memory; beyond, they wait on disk until their
+/// commit is durable, and its worker reads them from there.
+const MAX_ARRIVED: usize = 10_000;
 
 /// How far behind (the wait of its oldest due event) an instance may fall before the
 /// webhooks that feed it wait, and the longest one webhook waits for it.
@@ -116,6 +119,10 @@ pub struct Instance {
     active: RwLock<Arc<Active>>,
     /// Events waiting for this instance, handled one at a time and in order.
     pub events: DueQueue,
+    /// Queued events not yet taken by the worker, by id: scheduled as soon as their commit
+    /// is queued, before it is durable, so the worker need not wait for the disk nor read
+    /// them back. Their outcomes commit after their cause, so are never durable before it.
+    arrived: Mutex<HashMap<u64, QueuedEvent>>,
     removed: AtomicBool,
     stop: Notify,
 }
@@ -149,6 +156,25 @@ impl Instance {
             .map(|store| store.try_lock())
             .collect::<Option<Vec<StoreGuard>>>()?;
         Arc::ptr_eq(&active, &self.active()).then_some((active, guards))
+    }
+
+    /// Schedules a new event whose commit is queued, keeping it in memory for the worker;
+    /// `false` (and nothing done) when too many are already kept.
+    fn arrive(&self, queued: &QueuedEvent) -> bool {
+        let mut arrived = self.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        if arrived.len() >= MAX_ARRIVED {
+            return false;
+        }
+        arrived.insert(queued.id, queued.clone());
+        self.events.schedule(queued.next_attempt_ms, queued.id);
+        true
+    }
+
+    fn take_arrived(&self, id: u64) -> Option<QueuedEvent> {
+        self.arrived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
     }
 
     /// Resolves once the instance is removed.
@@ -203,19 +229,28 @@ struct AfterCommit {
     retry_delivery: Option<(u64, u64)>,
     /// `delivery-health` events the outcome caused, committed on their own.
     alerts: Option<Box<Submitted>>,
-    /// The commit's events, counted in their targets' queues until they are scheduled.
-    announced: Announced,
+    /// The commit's events that wait on disk, to schedule once it is durable.
+    on_disk: OnDisk,
 }
 
-/// Events on their way to durable storage, each counted as in hand in its target's queue
-/// until this is dropped, after they are scheduled or failed to store: a target with
-/// events on the way is not idle, so no later event is handed over before them.
+/// Events of a commit that targets could not keep in memory ([`MAX_ARRIVED`]), by target,
+/// due time and id. Each counts as in hand in its target's queue until this is dropped,
+/// once they are scheduled or failed to store: a target with events on the way is not
+/// idle, so no later event is handed over before them.
 #[derive(Default)]
-struct Announced(Vec<Arc<Instance>>);
+struct OnDisk(Vec<(Arc<Instance>, u64, u64)>);
 
-impl Drop for Announced {
+impl OnDisk {
+    fn schedule(&self) {
+        for (target, due, id) in &self.0 {
+            target.events.schedule(*due, *id);
+        }
+    }
+}
+
+impl Drop for OnDisk {
     fn drop(&mut self) {
-        for target in &self.0 {
+        for (target, _, _) in &self.0 {
             target.events.release();
         }
     }
@@ -253,7 +288,7 @@ impl Submitted {
 
 impl AfterCommit {
     /// Runs once the commit is durable or failed; dropping `self` at the end releases the
-    /// announced events, after they are scheduled.
+    /// events that waited on disk, after they are scheduled.
     fn run(self, relay: &Relay, committed: Result<Committed>) -> Result<Committed> {
         if let Some(sequence) = self.sequence {
             for store in &self.layered {
@@ -262,6 +297,7 @@ impl AfterCommit {
         }
         let committed = committed?;
         relay.schedule(&committed);
+        self.on_disk.schedule();
         if let Some((due, id)) = self.retry_delivery {
             relay.deliveries.schedule(due, id);
         }
@@ -473,14 +509,18 @@ impl Relay {
     ) -> Result<crate::send::SentMessage> {
         let now = crate::now_ms();
         let record = crate::send::SentMessage::queued(&request, instance, message_id, now);
+        let event = self.new_event(
+            "simrelay",
+            message_id,
+            now,
+            instance.to_string(),
+            Event::SendSms(request),
+        );
         self.submit_with_events(Commit {
             instance: "simrelay".into(),
             message_id: message_id.to_string(),
             now_ms: now,
-            events: vec![NewEvent {
-                target: instance.to_string(),
-                event: Event::SendSms(request),
-            }],
+            events: vec![event],
             sends: vec![record.clone()],
             ..Default::default()
         })
@@ -488,27 +528,70 @@ impl Relay {
         Ok(record)
     }
 
-    /// Queues a commit of the host's own, announcing its events to their targets' queues.
+    /// Queues a commit of the host's own, with its events.
     fn submit_with_events(&self, commit: Commit) -> Submitted {
-        let announced = self.announce(&commit.events);
+        let (pending, on_disk) = self.submit_commits(vec![commit]);
         Submitted {
-            pending: self.db.submit(commit),
+            pending,
             after: AfterCommit {
-                announced,
+                on_disk,
                 ..Default::default()
             },
         }
     }
 
-    fn announce(&self, events: &[NewEvent]) -> Announced {
-        let targets: Vec<_> = events
+    /// An event for `target`, with the id it is queued under should it not be handed over.
+    fn new_event(
+        &self,
+        source: &str,
+        message_id: &str,
+        now_ms: u64,
+        target: String,
+        event: Event,
+    ) -> QueuedEvent {
+        QueuedEvent {
+            id: self.db.allocate_id(),
+            source: source.to_string(),
+            target,
+            message_id: message_id.to_string(),
+            event,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            last_error: None,
+            created_ms: now_ms,
+        }
+    }
+
+    /// Queues `commits` as one transaction and their events in their targets' queues: in
+    /// memory at once where there is room (their outcomes are queued after these commits,
+    /// so never durable before them), else once the commits are durable.
+    fn submit_commits(&self, commits: Vec<Commit>) -> (PendingCommit, OnDisk) {
+        let events: Vec<_> = commits
             .iter()
-            .filter_map(|new| self.instance(&new.target))
+            .flat_map(|commit| &commit.events)
+            .filter_map(|queued| match self.instance(&queued.target) {
+                Some(target) => Some((target, queued.clone())),
+                None => {
+                    warn!(event = queued.id, target = %queued.target, "event kept: its target is not configured");
+                    None
+                }
+            })
             .collect();
-        for target in &targets {
+        // Counted in hand from before the commit is queued, so no event queued after it can
+        // be handed over ahead of them.
+        for (target, _) in &events {
             target.events.hold_one();
         }
-        Announced(targets)
+        let pending = self.db.submit_together(commits);
+        let mut on_disk = OnDisk::default();
+        for (target, queued) in events {
+            if target.arrive(&queued) {
+                target.events.release();
+            } else {
+                on_disk.0.push((target, queued.next_attempt_ms, queued.id));
+            }
+        }
+        (pending, on_disk)
     }
 
     /// A new id for an input from outside; everything it causes is logged with it.
@@ -594,6 +677,7 @@ impl Relay {
             own: self.store(name),
             active: RwLock::new(Arc::new(active)),
             events: DueQueue::default(),
+            arrived: Mutex::default(),
             removed: AtomicBool::new(false),
             stop: Notify::new(),
         });
@@ -655,7 +739,11 @@ impl Relay {
     /// start while this one's commit completes.
     pub fn submit_event(&self, instance: &Arc<Instance>, id: u64) -> Option<Submitted> {
         let now = crate::now_ms();
-        let queued = match self.db.queued_event(id) {
+        let stored = match instance.take_arrived(id) {
+            Some(arrived) => Ok(Some(arrived)),
+            None => self.db.queued_event(id),
+        };
+        let queued = match stored {
             Ok(Some(queued)) => queued,
             Ok(None) => return None,
             Err(error) => {
@@ -804,14 +892,15 @@ impl Relay {
             pending: self.deliveries.depth().0 as u32,
             last_error: failed.then_some(last_error).flatten(),
         });
+        let message_id = self.new_message_id();
         let commit = Commit {
             instance: "simrelay".into(),
-            message_id: self.new_message_id(),
-            now_ms: now,
             events: simrelay_core::fan_out(vec![event], &targets)
                 .into_iter()
-                .map(|(target, event)| NewEvent { target, event })
+                .map(|(target, event)| self.new_event("simrelay", &message_id, now, target, event))
                 .collect(),
+            message_id,
+            now_ms: now,
             ..Default::default()
         };
         Some(self.submit_with_events(commit))
@@ -950,15 +1039,14 @@ impl Relay {
         let (active, guards) = instance.lock();
         let (result, mut commit) =
             self.call(instance, &active, message_id, now_ms, input, consumed);
-        let (handed, announced) = self.hand_over(&mut commit, now_ms);
+        let handed = self.hand_over(&mut commit, now_ms);
         let mut held = guards;
         let mut commits = vec![(commit, active.stores.clone())];
         for (outcome, target, guards) in handed {
             commits.push((outcome, target.stores.clone()));
             held.extend(guards);
         }
-        let mut submitted = self.queue_commit(commits, held);
-        submitted.after.announced = announced;
+        let submitted = self.queue_commit(commits, held);
         self.roll_back_if_failing(instance, &active);
         (result, Ok(submitted))
     }
@@ -1038,7 +1126,9 @@ impl Relay {
                 commit.observed = effects.events.clone();
                 commit.events = simrelay_core::fan_out(effects.events, active.forward_to())
                     .into_iter()
-                    .map(|(target, event)| NewEvent { target, event })
+                    .map(|(target, event)| {
+                        self.new_event(&instance.name, message_id, now_ms, target, event)
+                    })
                     .collect();
                 commit.deliveries = effects
                     .deliveries
@@ -1059,7 +1149,7 @@ impl Relay {
     /// queued for it, no call in progress): its outcome then commits in the same
     /// transaction as the event's cause, and the event is never stored. The others stay
     /// in the commit, to be queued. The targets' stores stay locked until the commit is.
-    fn hand_over(&self, commit: &mut Commit, now_ms: u64) -> (Vec<HandedOver>, Announced) {
+    fn hand_over(&self, commit: &mut Commit, now_ms: u64) -> Vec<HandedOver> {
         let mut handed = Vec::new();
         let mut queued = Vec::new();
         for new in std::mem::take(&mut commit.events) {
@@ -1077,15 +1167,14 @@ impl Relay {
                 None => queued.push(new),
             }
         }
-        let announced = self.announce(&queued);
         commit.events = queued;
-        (handed, announced)
+        handed
     }
 
     /// Runs `new`'s call on its target now, on this thread, if the target is idle and the
     /// call succeeds.
     /// A failed call leaves the event to the queue and its retries.
-    fn handle_now(&self, new: &NewEvent, message_id: &str, now_ms: u64) -> Option<HandedOver> {
+    fn handle_now(&self, new: &QueuedEvent, message_id: &str, now_ms: u64) -> Option<HandedOver> {
         let target = self.instance(&new.target)?;
         // Behind a backlog, or an event in progress, the event waits its turn: checked
         // before the stores are tried, so a target working through a backlog is not
@@ -1175,7 +1264,7 @@ impl Relay {
     ) -> Submitted {
         let (commits, stores): (Vec<Commit>, Vec<_>) = commits.into_iter().unzip();
         let writes: Vec<_> = commits.iter().map(|commit| commit.kv.clone()).collect();
-        let pending = self.db.submit_together(commits);
+        let (pending, on_disk) = self.submit_commits(commits);
         let sequence = pending.sequence();
         let mut layered = Vec::new();
         if let Some(sequence) = sequence {
@@ -1194,6 +1283,7 @@ impl Relay {
             after: AfterCommit {
                 sequence,
                 layered,
+                on_disk,
                 ..Default::default()
             },
         }
@@ -1209,12 +1299,6 @@ impl Relay {
         }
         for (due, id) in &committed.deliveries {
             self.deliveries.schedule(*due, *id);
-        }
-        for (due, id, target) in &committed.events {
-            match self.instance(target) {
-                Some(target) => target.events.schedule(*due, *id),
-                None => warn!(event = id, %target, "event kept: its target is not configured"),
-            }
         }
     }
 }

@@ -69,12 +69,6 @@ pub struct NewDelivery {
     pub request: OutgoingRequest,
 }
 
-/// An event asked for by a call, before it has an id.
-pub struct NewEvent {
-    pub target: String,
-    pub event: Event,
-}
-
 /// Something a plugin reported, as the host keeps it for operators.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Observed<T> {
@@ -230,7 +224,8 @@ pub struct Commit {
     /// (store label, writes).
     pub kv: Vec<(String, Arc<KvWrites>)>,
     pub deliveries: Vec<NewDelivery>,
-    pub events: Vec<NewEvent>,
+    /// Events to queue, their ids given by [`Db::allocate_id`] when they were emitted.
+    pub events: Vec<QueuedEvent>,
     pub consumed: Consumed,
     /// The newest queued commit whose writes the call read: the outcome is not durable
     /// before that commit is.
@@ -261,8 +256,6 @@ impl Commit {
 pub struct Committed {
     /// (due, id) of each new delivery.
     pub deliveries: Vec<(u64, u64)>,
-    /// (due, id, target instance) of each new event.
-    pub events: Vec<(u64, u64, String)>,
     /// Deliveries dropped because the instance already had one with the same key.
     pub duplicate_deliveries: usize,
     /// What retention removed, when the commit ran it.
@@ -272,7 +265,6 @@ pub struct Committed {
 impl Committed {
     fn absorb(&mut self, other: Committed) {
         self.deliveries.extend(other.deliveries);
-        self.events.extend(other.events);
         self.duplicate_deliveries += other.duplicate_deliveries;
         self.compacted = self.compacted.take().or(other.compacted);
     }
@@ -295,6 +287,8 @@ pub struct Db {
     db: Arc<Database>,
     /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
+    /// The next delivery or event id; the committer stores it with every batch.
+    next_id: Arc<AtomicU64>,
     /// `None` only while dropping.
     queue: Mutex<Option<Queue>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -368,6 +362,7 @@ fn run_committer(
     db: Arc<Database>,
     mut log: log::Log,
     durable: Arc<AtomicU64>,
+    next_id: Arc<AtomicU64>,
     queue: mpsc::Receiver<CommitJob>,
 ) {
     let logged = Rc::new(RefCell::new(Vec::new()));
@@ -398,7 +393,7 @@ fn run_committer(
                 return Ok(batch.iter().map(|_| Committed::default()).collect());
             }
             let mut txn = db.begin_write()?;
-            let mut tables = Tables::open(&txn, &logged)?;
+            let mut tables = Tables::open(&txn, &logged, &next_id)?;
             let committed = batch
                 .iter_mut()
                 .map(|(_, commits, _)| {
@@ -522,15 +517,21 @@ impl Db {
         .with_context(|| format!("cannot open database {}", path.display()))?;
         let (mut log, records) = log::Log::open(data_dir, faults)?;
         let txn = db.begin_write()?;
+        let next_id = Arc::new(AtomicU64::new(0));
         {
             // Opening the tables creates those that are missing.
-            let mut tables = Tables::open(&txn, &LoggedWrites::default())?;
+            let mut tables = Tables::open(&txn, &LoggedWrites::default(), &next_id)?;
             for record in &records {
                 tables
                     .replay(record)
                     .context("cannot apply the write-ahead log")?;
             }
         }
+        let stored_next_id = txn
+            .open_table(COUNTERS)?
+            .get("next_id")?
+            .map(|id| id.value());
+        next_id.store(stored_next_id.unwrap_or(1), Ordering::Relaxed);
         migrate(&txn)?;
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
@@ -544,19 +545,26 @@ impl Db {
         let db = Arc::new(db);
         let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
-        let (writer, watermark) = (db.clone(), durable.clone());
+        let (writer, watermark, ids) = (db.clone(), durable.clone(), next_id.clone());
         let committer = std::thread::Builder::new()
             .name("db-committer".into())
-            .spawn(move || run_committer(writer, log, watermark, receiver))?;
+            .spawn(move || run_committer(writer, log, watermark, ids, receiver))?;
         Ok(Db {
             db,
             durable,
+            next_id,
             queue: Mutex::new(Some(Queue {
                 sender,
                 next_sequence: 1,
             })),
             committer: Some(committer),
         })
+    }
+
+    /// A new delivery or event id, never given before, even across restarts: the committer
+    /// stores the next one with every batch, so any id in a durable record is below it.
+    pub fn allocate_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -885,15 +893,19 @@ struct Tables<'txn> {
     sims: Logged<'txn, (&'static str, &'static str), &'static str>,
     sent: Logged<'txn, &'static str, &'static str>,
     counters: Logged<'txn, &'static str, u64>,
-    /// The next delivery or event id, and the next message record id.
-    next_id: u64,
+    /// The next delivery or event id, shared with the relay, which gives events theirs.
+    next_id: &'txn AtomicU64,
+    /// The next message record id.
     next_message: u64,
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn redb::WriteTransaction, writes: &LoggedWrites) -> Result<Self> {
+    fn open(
+        txn: &'txn redb::WriteTransaction,
+        writes: &LoggedWrites,
+        next_id: &'txn AtomicU64,
+    ) -> Result<Self> {
         let counters = Logged::open(txn, COUNTERS, 11, writes)?;
-        let next_id = counters.get("next_id")?.map_or(1, |value| value.value());
         let next_message = counters
             .get("next_message")?
             .map_or(1, |value| value.value());
@@ -916,14 +928,14 @@ impl<'txn> Tables<'txn> {
 
     /// Stores the counters, before the transaction commits.
     fn close(mut self) -> Result<()> {
-        self.counters.insert("next_id", self.next_id)?;
+        self.counters
+            .insert("next_id", self.next_id.load(Ordering::Relaxed))?;
         self.counters.insert("next_message", self.next_message)?;
         Ok(())
     }
 
     fn allocate_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id - 1
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Applies one record of the write-ahead log again.
@@ -991,22 +1003,8 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
         tables.pending.insert(record.id, commit.now_ms)?;
         committed.deliveries.push((commit.now_ms, record.id));
     }
-    for event in commit.events {
-        let queued = QueuedEvent {
-            id: tables.allocate_id(),
-            source: commit.instance.clone(),
-            target: event.target,
-            message_id: commit.message_id.clone(),
-            event: event.event,
-            attempts: 0,
-            next_attempt_ms: commit.now_ms,
-            last_error: None,
-            created_ms: commit.now_ms,
-        };
-        tables.events.insert(queued.id, json(&queued)?.as_str())?;
-        committed
-            .events
-            .push((commit.now_ms, queued.id, queued.target));
+    for queued in &commit.events {
+        tables.events.insert(queued.id, json(queued)?.as_str())?;
     }
     match &commit.consumed {
         Consumed::EventHandled(id) => {
@@ -1429,12 +1427,16 @@ mod tests {
     }
 
     #[test]
-    fn a_handled_event_leaves_the_queue_in_the_same_commit() {
+    fn an_event_queued_under_its_id_leaves_the_queue_when_handled() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let mut queue = commit("a", &[], &[]);
-        queue.events.push(NewEvent {
+        let id = db.allocate_id();
+        queue.events.push(QueuedEvent {
+            id,
+            source: "a".into(),
             target: "b".into(),
+            message_id: "m1".into(),
             event: Event::SendSms(SendRequest {
                 id: "s1".into(),
                 to: "+1".into(),
@@ -1444,11 +1446,21 @@ mod tests {
                 send_at_ms: None,
                 urgent: false,
             }),
+            attempts: 0,
+            next_attempt_ms: 1_000,
+            last_error: None,
+            created_ms: 1_000,
         });
-        let queued = db.commit(queue).unwrap().events;
-        assert_eq!(db.queued_events().unwrap().len(), 1);
+        db.commit(queue).unwrap();
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.queued_events().unwrap()[0].id, id);
+        assert!(
+            db.allocate_id() > id,
+            "ids given before a restart are not given again"
+        );
         let mut handled = commit("b", &[("seen", Some("1"))], &["out/1"]);
-        handled.consumed = Consumed::EventHandled(queued[0].1);
+        handled.consumed = Consumed::EventHandled(id);
         db.commit(handled).unwrap();
         assert!(db.queued_events().unwrap().is_empty());
         assert_eq!(db.kv_get("b", "seen").unwrap().as_deref(), Some(&b"1"[..]));
