@@ -124,9 +124,9 @@ impl<'a> ExpiryIndex<'a> {
             return Ok(0);
         }
         let entries_prefix = self.entries_prefix();
-        let mut entries = self.kv.keys(&entries_prefix)?;
-        // Stores list keys in no promised order; the zero-padded time sorts oldest first.
-        entries.sort_unstable();
+        // The zero-padded time sorts oldest first: only the oldest `limit` can expire now,
+        // so a large index is not listed whole every sweep.
+        let entries = self.kv.first_keys(&entries_prefix, limit)?;
         let mut expired = 0;
         for key in &entries {
             if expired == limit {

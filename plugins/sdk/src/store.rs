@@ -21,6 +21,11 @@ pub trait KeyValue {
     fn increment(&self, key: &str, delta: i64) -> Result<i64, String>;
     /// Every key that starts with `prefix`, in no promised order.
     fn keys(&self, prefix: &str) -> Result<Vec<String>, String>;
+    /// The first `limit` keys that start with `prefix`, in byte order. A store that lists
+    /// in order (the simrelay host's) reads no further; others list every key and sort.
+    fn first_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, String> {
+        Ok(first_in_order(self.keys(prefix)?, limit))
+    }
     /// The values of `keys`, in the same order.
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
         keys.iter().map(|key| self.get(key)).collect()
@@ -34,6 +39,12 @@ pub trait KeyValue {
         expected: Option<&[u8]>,
         new: &[u8],
     ) -> Result<bool, String>;
+}
+
+fn first_in_order(mut keys: Vec<String>, limit: usize) -> Vec<String> {
+    keys.sort_unstable();
+    keys.truncate(limit);
+    keys
 }
 
 /// The stores a call may use: the instance's own, and the shared ones the configuration
@@ -112,6 +123,66 @@ impl WasiStore {
     }
 }
 
+impl WasiStore {
+    /// The keys that start with `prefix`: see [`walk_pages`].
+    fn list(&self, prefix: &str, enough: usize) -> Result<Vec<String>, String> {
+        let listed_itself = !prefix.is_empty() && self.exists(prefix)?;
+        walk_pages(prefix, enough, listed_itself, |cursor| {
+            let page = self.bucket.list_keys(cursor).map_err(describe)?;
+            Ok((page.keys, page.cursor))
+        })
+    }
+}
+
+/// One page of a store's keys, and the cursor of the next when there may be more.
+type Page = (Vec<String>, Option<String>);
+
+/// The keys that start with `prefix` (with `prefix` itself first when `listed_itself`),
+/// from a store listed a page at a time by `list_page(cursor)`. A store that lists in
+/// order from the cursor it is given (the simrelay host's) is asked from the prefix on and
+/// read only until past the prefix's keys, or once `enough` are found; one that hands out
+/// its own cursors only (Spin's) refuses ours, and is read whole.
+fn walk_pages(
+    prefix: &str,
+    enough: usize,
+    listed_itself: bool,
+    mut list_page: impl FnMut(Option<&str>) -> Result<Page, String>,
+) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    if listed_itself {
+        keys.push(prefix.to_string());
+    }
+    let mut cursor = (!prefix.is_empty()).then(|| prefix.to_string());
+    let mut from_cursor = true;
+    loop {
+        let (page, next) = match list_page(cursor.as_deref()) {
+            Ok(page) => page,
+            Err(_) if cursor.as_deref() == Some(prefix) => {
+                from_cursor = false;
+                list_page(None)?
+            }
+            Err(error) => return Err(error),
+        };
+        let in_order = page.is_sorted();
+        let past = in_order
+            && page
+                .last()
+                .is_some_and(|last| last.as_str() > prefix && !last.starts_with(prefix));
+        keys.extend(
+            page.into_iter()
+                .filter(|key| key.starts_with(prefix) && key.as_str() != prefix),
+        );
+        match next {
+            // Listed in order and past the prefix's keys: none of the rest can match.
+            Some(_) if past => return Ok(keys),
+            // Listed in order from the prefix: the first keys are all here.
+            Some(_) if from_cursor && in_order && keys.len() >= enough => return Ok(keys),
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
 fn describe(error: store::Error) -> String {
     match error {
         store::Error::NoSuchStore => "no such store".into(),
@@ -137,41 +208,10 @@ impl KeyValue for WasiStore {
         atomics::increment(&self.bucket, key, delta).map_err(describe)
     }
     fn keys(&self, prefix: &str) -> Result<Vec<String>, String> {
-        let mut keys = Vec::new();
-        // Keys after the prefix itself: a store that lists in order (the simrelay host's)
-        // starts right at the prefix's keys; one that ignores cursors lists them all.
-        if !prefix.is_empty() && self.exists(prefix)? {
-            keys.push(prefix.to_string());
-        }
-        let mut cursor = (!prefix.is_empty()).then(|| prefix.to_string());
-        loop {
-            let page = match self.bucket.list_keys(cursor.as_deref()) {
-                Ok(page) => page,
-                // A store that hands out its own cursors only (Spin's) refuses ours: list
-                // everything from the start instead.
-                Err(_) if cursor.as_deref() == Some(prefix) => {
-                    self.bucket.list_keys(None).map_err(describe)?
-                }
-                Err(error) => return Err(describe(error)),
-            };
-            let in_order = page.keys.is_sorted();
-            let past = in_order
-                && page
-                    .keys
-                    .last()
-                    .is_some_and(|last| last.as_str() > prefix && !last.starts_with(prefix));
-            keys.extend(
-                page.keys
-                    .into_iter()
-                    .filter(|key| key.starts_with(prefix) && key.as_str() != prefix),
-            );
-            match page.cursor {
-                // Listed in order and past the prefix's keys: none of the rest can match.
-                Some(_) if past => return Ok(keys),
-                Some(next) => cursor = Some(next),
-                None => return Ok(keys),
-            }
-        }
+        self.list(prefix, usize::MAX)
+    }
+    fn first_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, String> {
+        Ok(first_in_order(self.list(prefix, limit)?, limit))
     }
     fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
         let found = batch::get_many(&self.bucket, keys).map_err(describe)?;
@@ -235,6 +275,11 @@ impl KeyValue for MemoryStore {
             .cloned()
             .collect())
     }
+    fn first_keys(&self, prefix: &str, limit: usize) -> Result<Vec<String>, String> {
+        let mut keys = self.keys(prefix)?;
+        keys.truncate(limit);
+        Ok(keys)
+    }
     fn compare_and_swap(
         &self,
         key: &str,
@@ -275,6 +320,83 @@ mod tests {
             store.get_many(&["lease/1".into(), "none".into()]).unwrap(),
             [Some(b"y".to_vec()), None]
         );
+    }
+
+    /// 26 keys `a`..`z` under `idx/`, one more on each side, listed 3 at a time.
+    fn paged_keys() -> Vec<String> {
+        let mut keys: Vec<String> = ('a'..='z').map(|c| format!("idx/{c}")).collect();
+        keys.insert(0, "aaa".into());
+        keys.push("zzz".into());
+        keys
+    }
+
+    #[test]
+    fn an_ordered_store_is_read_only_as_far_as_the_first_keys() {
+        let all = paged_keys();
+        let pages = std::cell::Cell::new(0);
+        // Like the host: each page the 3 keys after the cursor, in order.
+        let mut ordered = |cursor: Option<&str>| -> Result<Page, String> {
+            pages.set(pages.get() + 1);
+            let rest: Vec<String> = all
+                .iter()
+                .filter(|key| cursor.is_none_or(|cursor| key.as_str() > cursor))
+                .cloned()
+                .collect();
+            let page: Vec<String> = rest.iter().take(3).cloned().collect();
+            let next = (rest.len() > 3).then(|| page[2].clone());
+            Ok((page, next))
+        };
+        assert_eq!(
+            walk_pages("idx/", 4, false, &mut ordered).unwrap(),
+            ["idx/a", "idx/b", "idx/c", "idx/d", "idx/e", "idx/f"]
+        );
+        assert_eq!(pages.get(), 2, "two pages hold the first four");
+        pages.set(0);
+        let every = walk_pages("idx/", usize::MAX, false, &mut ordered).unwrap();
+        assert_eq!(every.len(), 26);
+        assert_eq!(
+            pages.get(),
+            9,
+            "up to the page that goes past the prefix's keys"
+        );
+    }
+
+    #[test]
+    fn a_store_that_refuses_our_cursors_is_read_whole() {
+        let mut all = paged_keys();
+        all.reverse();
+        let pages = std::cell::Cell::new(0);
+        // Like Spin's: its own cursors only (page numbers), keys in no order.
+        let mut spin_like = |cursor: Option<&str>| -> Result<Page, String> {
+            let page_number = match cursor {
+                None => 0,
+                Some(cursor) => cursor.parse::<usize>().map_err(|_| "not my cursor")?,
+            };
+            pages.set(pages.get() + 1);
+            let page: Vec<String> = all.iter().skip(page_number * 3).take(3).cloned().collect();
+            let next = (all.len() > (page_number + 1) * 3).then(|| (page_number + 1).to_string());
+            Ok((page, next))
+        };
+        let mut first = walk_pages("idx/", 2, false, &mut spin_like).unwrap();
+        assert_eq!(first.len(), 26, "every key under the prefix");
+        assert_eq!(
+            pages.get(),
+            10,
+            "all ten pages, after our cursor was refused"
+        );
+        first = first_in_order(first, 2);
+        assert_eq!(first, ["idx/a", "idx/b"]);
+    }
+
+    #[test]
+    fn first_keys_are_the_smallest_under_the_prefix() {
+        let store = MemoryStore::default();
+        for key in ["idx/3", "idx/1", "other", "idx/2"] {
+            store.set(key, b"").unwrap();
+        }
+        assert_eq!(store.first_keys("idx/", 2).unwrap(), ["idx/1", "idx/2"]);
+        let unordered = vec!["idx/3".to_string(), "idx/1".into(), "idx/2".into()];
+        assert_eq!(first_in_order(unordered, 2), ["idx/1", "idx/2"]);
     }
 
     #[test]
