@@ -16,10 +16,14 @@ const FAULT_FILE_VAR: &str = "SIMRELAY_FAULT_FILE";
 /// Posts the `recv-sms` sample to the Ejoin route; `None` when no answer came (the host
 /// died or closed the connection).
 async fn post_sample(host_url: String) -> Option<u16> {
+    post_body(host_url, RECV_SMS_SAMPLE).await
+}
+
+async fn post_body(host_url: String, body: &'static str) -> Option<u16> {
     reqwest::Client::new()
         .post(host_url)
         .header("content-type", "application/json")
-        .body(RECV_SMS_SAMPLE)
+        .body(body)
         .timeout(Duration::from_secs(20))
         .send()
         .await
@@ -72,6 +76,99 @@ async fn a_resend_during_a_failing_commit_is_not_acknowledged_and_nothing_is_los
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(smsbower.pushes().len(), 1, "{:#?}", smsbower.pushes());
     assert_eq!(smsbower.pushes()[0].body["text"], "Hello World");
+}
+
+/// A queued event is handled while its cause commits, but what it asks for goes out only
+/// once the cause is durable, and not at all if the cause's commit fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_event_is_handled_early_and_its_push_waits_for_its_cause() {
+    const SECOND_SMS: &str =
+        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000000,"Bank","79001234567","c2Vjb25k"]]}"#;
+    const THIRD_SMS: &str =
+        r#"{"type":"recv-sms","sms":[[0,"1.01",1700000001,"Bank","79001234567","dGhpcmQ="]]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    // Ejoin granted SmsBower's inventory holds it during its own call, so its events for
+    // SmsBower cannot be handed over: they are all queued.
+    let config = ejoin_to_smsbower_config(&smsbower.base_url, 1).replacen(
+        "settings = { api_key = \"",
+        "stores = { inventory = \"farm\" }\nsettings = { api_key = \"",
+        1,
+    );
+    assert!(config.contains("farm\" }\nsettings"), "{config}");
+    let faults = dir.path().join("faults");
+    let env = [(FAULT_FILE_VAR, faults.to_str().unwrap())];
+    let mut host = Host::start_with_env(dir.path(), &config, &env).await;
+    open_sample_activation(&host).await;
+    let queued = r#"simrelay_events_total{instance="smsbower",path="queued"}"#;
+    let handled = r#"simrelay_plugin_call_seconds_count{instance="smsbower",kind="event"}"#;
+    let (queued_before, handled_before) = (host.metric(queued).await, host.metric(handled).await);
+
+    // A slow disk: every fsync takes a second.
+    std::fs::write(&faults, "sync-delay-ms=1000").unwrap();
+    let first = tokio::spawn(post_sample(ejoin_url(&host)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(host.metric(queued).await, queued_before + 1.0);
+    assert_eq!(
+        host.metric(handled).await,
+        handled_before + 1.0,
+        "handled before its cause is durable"
+    );
+    assert!(
+        smsbower.pushes().is_empty(),
+        "pushed before its cause is durable"
+    );
+    assert_eq!(first.await.unwrap(), Some(200));
+    smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
+    // Its success is durable before the disk fails: else it would be pushed again, as the
+    // README allows for a crash between a provider's SUCCESS and our commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host
+        .admin(
+            reqwest::Method::GET,
+            "/v1/deliveries?instance=smsbower&state=delivered",
+            None,
+        )
+        .await
+        .1
+        .as_array()
+        .is_none_or(|delivered| delivered.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the push was not recorded as delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A disk that fails: the event is handled, its push never goes out.
+    std::fs::write(&faults, "sync-delay-ms=1000 fail-sync").unwrap();
+    let second = tokio::spawn(post_body(ejoin_url(&host), SECOND_SMS));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        host.metric(handled).await,
+        handled_before + 2.0,
+        "handled before its cause is durable"
+    );
+    assert_ne!(second.await.unwrap(), Some(200));
+    assert_eq!(host.exit_code(Duration::from_secs(10)).await, Some(70));
+    assert_eq!(smsbower.pushes().len(), 1, "{:#?}", smsbower.pushes());
+
+    // Once the disk has room again, the gateway's re-send and the next SMS go out once each.
+    std::fs::remove_file(&faults).unwrap();
+    let host = Host::start_with_env(dir.path(), &config, &env).await;
+    assert_eq!(post_body(ejoin_url(&host), SECOND_SMS).await, Some(200));
+    assert_eq!(post_body(ejoin_url(&host), THIRD_SMS).await, Some(200));
+    smsbower.wait_for_pushes(Duration::from_secs(10), 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Deliveries go out side by side: in any order.
+    let mut texts: Vec<_> = smsbower
+        .pushes()
+        .iter()
+        .map(|push| push.body["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["Hello World", "second", "third"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
