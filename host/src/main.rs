@@ -70,7 +70,7 @@ enum PluginCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const MAX_BLOCKING_THREADS: usize = 64;
+const MAX_BLOCKING_THREADS: usize = 8;
 
 fn main() -> Result<()> {
     simrelay::allocator::return_freed_memory_at_once();
@@ -143,8 +143,10 @@ fn serve(
     let loaded = Relay::load(&config, &data_dir)?;
 
     // Plugin calls (`block_here`), ticks, retention and operator work each hold a thread of
-    // the blocking pool while they run; each thread costs memory, and past a few dozen more
-    // only queue on the same instance locks and disk.
+    // the blocking pool while they run. More threads than that only queue on the same
+    // instance locks and the committer, and take CPU from it in thread switches: at 2,600
+    // SMS/s, 64 allowed grew to 49 threads, 8 keep 15, and webhooks are acknowledged faster
+    // (BENCHMARKS.md, fourth pass).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
