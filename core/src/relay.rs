@@ -56,6 +56,30 @@ pub struct QueuedEvent {
     pub created_ms: u64,
 }
 
+impl QueuedEvent {
+    /// An event `source` emitted at `now_ms`, due at once, not yet tried.
+    pub fn new(
+        id: u64,
+        source: &str,
+        target: String,
+        message_id: &str,
+        event: Event,
+        now_ms: u64,
+    ) -> Self {
+        QueuedEvent {
+            id,
+            source: source.to_string(),
+            target,
+            message_id: message_id.to_string(),
+            event,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            last_error: None,
+            created_ms: now_ms,
+        }
+    }
+}
+
 /// A queued event after its target's call: `None` when handled (it leaves the queue), else
 /// the record to store, due again after the failure backoff.
 pub fn after_event(
@@ -276,22 +300,13 @@ mod tests {
 
     #[test]
     fn failed_events_back_off_and_handled_ones_leave() {
-        let queued = QueuedEvent {
-            id: 1,
-            source: "a".into(),
-            target: "b".into(),
-            message_id: "m".into(),
-            event: Event::DeliveryStatusChanged(crate::model::DeliveryStatus {
-                id: "s".into(),
-                state: crate::model::DeliveryState::Sent,
-                detail: None,
-                recipient: None,
-            }),
-            attempts: 0,
-            next_attempt_ms: 0,
-            last_error: None,
-            created_ms: 0,
-        };
+        let event = Event::DeliveryStatusChanged(crate::model::DeliveryStatus {
+            id: "s".into(),
+            state: crate::model::DeliveryState::Sent,
+            detail: None,
+            recipient: None,
+        });
+        let queued = QueuedEvent::new(1, "a", "b".into(), "m", event, 0);
         assert_eq!(after_event(queued.clone(), None, 100), None);
         let failed = after_event(queued, Some("trap".into()), 100).unwrap();
         assert_eq!((failed.attempts, failed.next_attempt_ms), (1, 5_100));

@@ -549,17 +549,14 @@ impl Relay {
         target: String,
         event: Event,
     ) -> QueuedEvent {
-        QueuedEvent {
-            id: self.db.allocate_id(),
-            source: source.to_string(),
+        QueuedEvent::new(
+            self.db.allocate_id(),
+            source,
             target,
-            message_id: message_id.to_string(),
+            message_id,
             event,
-            attempts: 0,
-            next_attempt_ms: now_ms,
-            last_error: None,
-            created_ms: now_ms,
-        }
+            now_ms,
+        )
     }
 
     /// Queues `commits` as one transaction and their events in their targets' queues: in

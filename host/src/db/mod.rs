@@ -1259,6 +1259,18 @@ mod tests {
         }
     }
 
+    fn send_request(id: &str) -> SendRequest {
+        SendRequest {
+            id: id.into(),
+            to: "+1".into(),
+            text: "hi".into(),
+            device: None,
+            sim: None,
+            send_at_ms: None,
+            urgent: false,
+        }
+    }
+
     fn commit(instance: &str, kv: &[(&str, Option<&str>)], delivery_keys: &[&str]) -> Commit {
         let writes: KvWrites = kv
             .iter()
@@ -1432,25 +1444,10 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let mut queue = commit("a", &[], &[]);
         let id = db.allocate_id();
-        queue.events.push(QueuedEvent {
-            id,
-            source: "a".into(),
-            target: "b".into(),
-            message_id: "m1".into(),
-            event: Event::SendSms(SendRequest {
-                id: "s1".into(),
-                to: "+1".into(),
-                text: "hi".into(),
-                device: None,
-                sim: None,
-                send_at_ms: None,
-                urgent: false,
-            }),
-            attempts: 0,
-            next_attempt_ms: 1_000,
-            last_error: None,
-            created_ms: 1_000,
-        });
+        let sms = Event::SendSms(send_request("s1"));
+        queue
+            .events
+            .push(QueuedEvent::new(id, "a", "b".into(), "m1", sms, 1_000));
         db.commit(queue).unwrap();
         drop(db);
         let db = Db::open(dir.path()).unwrap();
@@ -1471,15 +1468,7 @@ mod tests {
     fn only_the_sending_instance_reports_on_a_sent_message() {
         use crate::model::{DeliveryState as State, DeliveryStatus};
         let dir = tempfile::tempdir().unwrap();
-        let request = SendRequest {
-            id: "out-1".into(),
-            to: "+1".into(),
-            text: "hi".into(),
-            device: None,
-            sim: None,
-            send_at_ms: None,
-            urgent: false,
-        };
+        let request = send_request("out-1");
         let report = |instance: &str, state| Commit {
             instance: instance.into(),
             now_ms: 2_000,

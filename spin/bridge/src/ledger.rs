@@ -80,17 +80,7 @@ pub fn new_queued_event(
     error: String,
     now_ms: u64,
 ) -> QueuedEvent {
-    let queued = QueuedEvent {
-        id,
-        source: source.to_string(),
-        target: target.to_string(),
-        message_id: message_id.to_string(),
-        event,
-        attempts: 0,
-        next_attempt_ms: now_ms,
-        last_error: None,
-        created_ms: now_ms,
-    };
+    let queued = QueuedEvent::new(id, source, target.to_string(), message_id, event, now_ms);
     simrelay_core::relay::after_event(queued, Some(error), now_ms)
         .expect("a failure keeps the event queued")
 }
