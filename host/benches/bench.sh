@@ -2,7 +2,8 @@
 # `make bench`: every figure of BENCHMARKS.md's latest run, measured in one run on
 # 127.0.0.1, then written into BENCHMARKS.md (between its `make bench` markers):
 #   1. one Ejoin `recv-sms` call through the host's wasm sandbox against the same logic
-#      called natively (criterion, host/benches/adapter_call.rs);
+#      called natively (criterion, host/benches/adapter_call.rs), and what the database
+#      costs an SMS by how many share a transaction (criterion, host/benches/commit_batch.rs);
 #   2. webhooks acknowledged per second by `simrelay serve` (Ejoin → SmsBower, a durable
 #      commit before every reply) against `wasmtime serve` answering a hello-world
 #      `wasi:http` component (host/benches/hello), both under the same wrk settings;
@@ -62,6 +63,9 @@ wasm=$PWD/target/wasm32-wasip2/release
 log "criterion: one Ejoin call, native and through the sandbox"
 cargo bench -p simrelay --bench adapter_call -- --warm-up-time 2 --measurement-time 5 \
   2>&1 | tee "$out/adapter_call.txt" >&2
+log "criterion: the database's cost per SMS, by SMS per transaction"
+cargo bench -p simrelay --bench commit_batch -- --warm-up-time 1 --measurement-time 4 \
+  2>&1 | tee "$out/commit_batch.txt" >&2
 
 # --- helpers ----------------------------------------------------------------------------
 wait_http() { # url
@@ -296,6 +300,11 @@ def median(name):
     value, unit = float(m.group(1)), m.group(2)
     return value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
 native = median("recv-sms sample/native")
+commit_text = open(f"{out}/commit_batch.txt").read()
+def per_sms(batch):
+    m = re.search(rf"sms_per_transaction/{batch}\s+time:\s+\[\S+ \S+ (\S+) (\S+)", commit_text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"µs": 1.0, "us": 1.0, "ms": 1e3, "s": 1e6}[unit] / batch
 reused = median("recv-sms sample/wasm, instance reused (the host's default)")
 fresh = median("recv-sms sample/wasm, fresh instance per call")
 rows = [json.loads(line) for line in open(f"{out}/rounds.jsonl")]
@@ -322,6 +331,10 @@ lines = [
     f"| native adapter logic (reference) | {native:.2f} µs | 1.0× |",
     f"| wasm, instance reused (the host's default) | {reused:.2f} µs | {reused / native:.1f}× |",
     f"| wasm, fresh instance per call | {fresh:.2f} µs | {fresh / native:.1f}× |",
+    "",
+    "| the database's share of one SMS (criterion median, `host/benches/commit_batch.rs`: its webhook's and its event's commits, made durable) | 1 SMS per transaction | 16 | 64 | 256 |",
+    "|---|---|---|---|---|",
+    "| time until durable, per SMS | " + " | ".join(f"{per_sms(b):.0f} µs" for b in (1, 16, 64, 256)) + " |",
     "",
     "| round | `wasmtime serve` hello world (reference) | simrelay webhooks acknowledged | ratio | SMS pushed during the run | backlog at the end | drained in |",
     "|---|---|---|---|---|---|---|",
