@@ -15,6 +15,12 @@
 //! state: a crash between a checkpoint and the log starting over loses nothing and doubles
 //! nothing.
 //!
+//! Every checkpoint stores, in the same redb commit, the generation the log starts next, so
+//! the log is bound to its database: records of an older generation are already in it and
+//! are skipped; records of a newer one mean the database is not the one the log was
+//! written against (an older copy put back, or another data directory's), and applying
+//! them would mix two states, so the host refuses to start.
+//!
 //! The file is written in place from its start after every checkpoint and never shrinks, so
 //! a sync flushes data only, not the file's size. Each record carries the generation it was
 //! written in (one per checkpoint) and a checksum: reading stops at the first record that is
@@ -115,8 +121,14 @@ fn checksum(generation: u64, body: &[u8]) -> u32 {
 
 impl Log {
     /// Opens the log in `data_dir`, creating it full size when missing, and returns it with
-    /// the record bodies of its latest generation, oldest first, to be applied again.
-    pub fn open(data_dir: &Path, faults: Option<Faults>) -> Result<(Log, Vec<Vec<u8>>)> {
+    /// the record bodies to be applied again, oldest first: those of its latest generation,
+    /// when that is the one the database's last checkpoint started (`checkpointed`, `None`
+    /// for a database from before checkpoints were recorded).
+    pub fn open(
+        data_dir: &Path,
+        faults: Option<Faults>,
+        checkpointed: Option<u64>,
+    ) -> Result<(Log, Vec<Vec<u8>>)> {
         let path = data_dir.join("simrelay.log");
         let file = OpenOptions::new()
             .read(true)
@@ -140,7 +152,23 @@ impl Log {
             log.file.read_exact_at(&mut magic, 0)?;
         }
         let bodies = if &magic == MAGIC {
-            log.read_records(size)?
+            let bodies = log.read_records(size)?;
+            match checkpointed {
+                Some(started) if !bodies.is_empty() && log.generation > started => {
+                    anyhow::bail!(
+                        "{} holds writes made after the last checkpoint of the database \
+                         beside it: that database is not the one the log was written \
+                         against (an older copy put back, or another data directory's), and \
+                         applying them would mix the two. Put back the database the log \
+                         belongs to, or move the log away to start from the database as it \
+                         is, without those writes",
+                        log.path.display()
+                    )
+                }
+                // Written before the database's last checkpoint, which holds them already.
+                Some(started) if log.generation < started => Vec::new(),
+                _ => bodies,
+            }
         } else {
             anyhow::ensure!(
                 magic.iter().all(|byte| *byte == 0),
@@ -150,6 +178,8 @@ impl Log {
             );
             Vec::new()
         };
+        // Later generations must stay above the database's, whatever the clock does.
+        log.generation = log.generation.max(checkpointed.unwrap_or(0));
         if size < CAPACITY || &magic != MAGIC {
             log.preallocate(size).with_context(|| {
                 format!(
@@ -242,16 +272,23 @@ impl Log {
         Ok(())
     }
 
-    /// Starts a new generation from the file's start, once redb holds everything durably.
+    /// The generation the log starts at the next checkpoint, which the checkpoint's commit
+    /// stores in the database.
     ///
     /// Generations start from the clock, in microseconds, so that those of a new run are
     /// above any an earlier run left in the file, even when the record the file starts with
     /// was torn.
-    pub fn checkpointed(&mut self) {
+    pub fn next_generation(&self) -> u64 {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_micros() as u64);
-        self.generation = (self.generation + 1).max(now_us);
+        (self.generation + 1).max(now_us)
+    }
+
+    /// Starts `generation` (from [`Log::next_generation`]) from the file's start, once redb
+    /// holds everything durably, and that generation with it.
+    pub fn checkpointed(&mut self, generation: u64) {
+        self.generation = generation;
         self.end = MAGIC.len() as u64;
         self.since_checkpoint = Instant::now();
     }
@@ -276,15 +313,45 @@ mod tests {
     use super::*;
 
     fn reopen(dir: &Path) -> Vec<Vec<u8>> {
-        Log::open(dir, None).unwrap().1
+        Log::open(dir, None, None).unwrap().1
+    }
+
+    fn start_generation(log: &mut Log) -> u64 {
+        let generation = log.next_generation();
+        log.checkpointed(generation);
+        generation
+    }
+
+    #[test]
+    fn the_log_applies_only_to_the_database_whose_checkpoint_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), None, None).unwrap();
+        let started = start_generation(&mut log);
+        log.append(b"after the checkpoint").unwrap();
+        let open = |checkpointed| Log::open(dir.path(), None, Some(checkpointed));
+        assert_eq!(open(started).unwrap().1, [b"after the checkpoint"]);
+        assert!(
+            open(started + 1).unwrap().1.is_empty(),
+            "a later checkpoint already holds the record"
+        );
+        let error = open(started - 1).err().unwrap().to_string();
+        assert!(
+            error.contains("holds writes made after the last checkpoint of the database"),
+            "{error}"
+        );
+        let (log, _) = open(started + 5).unwrap();
+        assert!(
+            log.next_generation() > started + 5,
+            "generations stay above the database's, whatever the clock says"
+        );
     }
 
     #[test]
     fn the_records_since_the_last_checkpoint_come_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, records) = Log::open(dir.path(), None).unwrap();
+        let (mut log, records) = Log::open(dir.path(), None, None).unwrap();
         assert!(records.is_empty());
-        log.checkpointed();
+        start_generation(&mut log);
         for body in [&b"first"[..], b"second", b"third"] {
             log.append(body).unwrap();
         }
@@ -301,12 +368,12 @@ mod tests {
     #[test]
     fn records_of_an_earlier_generation_are_not_applied_again() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = Log::open(dir.path(), None).unwrap();
-        log.checkpointed();
+        let (mut log, _) = Log::open(dir.path(), None, None).unwrap();
+        start_generation(&mut log);
         for body in [&b"aaaa"[..], b"bbbb", b"cccc"] {
             log.append(body).unwrap();
         }
-        log.checkpointed();
+        start_generation(&mut log);
         // The same length as the record it overwrites: "bbbb" follows it intact.
         log.append(b"dddd").unwrap();
         assert_eq!(reopen(dir.path()), [b"dddd"]);
@@ -315,8 +382,8 @@ mod tests {
     #[test]
     fn a_torn_or_corrupt_record_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = Log::open(dir.path(), None).unwrap();
-        log.checkpointed();
+        let (mut log, _) = Log::open(dir.path(), None, None).unwrap();
+        start_generation(&mut log);
         log.append(b"kept").unwrap();
         let torn_at = log.end;
         log.append(b"torn in half").unwrap();
@@ -331,8 +398,8 @@ mod tests {
     #[test]
     fn a_retracted_record_is_not_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = Log::open(dir.path(), None).unwrap();
-        log.checkpointed();
+        let (mut log, _) = Log::open(dir.path(), None, None).unwrap();
+        start_generation(&mut log);
         log.append(b"kept").unwrap();
         log.append(b"failed in redb").unwrap();
         log.retract().unwrap();
@@ -346,7 +413,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("simrelay.log");
         std::fs::write(&path, b"some other program's file, longer than the magic").unwrap();
-        let error = Log::open(dir.path(), None).err().unwrap().to_string();
+        let error = Log::open(dir.path(), None, None).err().unwrap().to_string();
         assert!(
             error.contains("is not a simrelay write-ahead log"),
             "{error}"

@@ -56,6 +56,8 @@ const MESSAGES: TableDefinition<u64, &str> = TableDefinition::new("messages");
 /// (reporting instance, device/port/iccid) → JSON [`Observed`]: the last status of each SIM.
 const SIMS: TableDefinition<(&str, &str), &str> = TableDefinition::new("sims");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// The counter holding the log generation the last checkpoint started.
+const LOG_GENERATION: &str = "log_generation";
 /// send request id → JSON [`SentMessage`]: SMS asked for through the send API, and how far
 /// they got. Added after schema 2 as a table of its own, so older builds ignore it.
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent_messages");
@@ -406,10 +408,11 @@ fn run_committer(
                 .collect::<Result<Vec<_>>>()?;
             tables.close()?;
             log.append(&logged.borrow_mut())?;
-            let checkpoint = log.checkpoint_due();
+            let checkpoint = log.checkpoint_due().then(|| log.next_generation());
             let commit = (|| -> Result<()> {
-                if !checkpoint {
-                    txn.set_durability(Durability::None)?;
+                match checkpoint {
+                    Some(generation) => record_checkpoint(&txn, generation)?,
+                    None => txn.set_durability(Durability::None)?,
                 }
                 Ok(txn.commit()?)
             })();
@@ -422,8 +425,8 @@ fn run_committer(
                 }
                 return Err(error);
             }
-            if checkpoint {
-                log.checkpointed();
+            if let Some(generation) = checkpoint {
+                log.checkpointed(generation);
             }
             Ok(committed)
         })();
@@ -483,8 +486,11 @@ fn run_committer(
 /// since the last checkpoint left in redb's buffer, and starts the log over.
 fn checkpoint(db: &Database, log: &mut log::Log) -> Result<()> {
     let started = std::time::Instant::now();
-    db.begin_write()?.commit()?;
-    log.checkpointed();
+    let txn = db.begin_write()?;
+    let generation = log.next_generation();
+    record_checkpoint(&txn, generation)?;
+    txn.commit()?;
+    log.checkpointed(generation);
     crate::metrics::metrics().latency(
         "simrelay_checkpoint_seconds",
         "Time to make redb durable in a quiet moment, which commits arriving meanwhile wait for.",
@@ -492,6 +498,24 @@ fn checkpoint(db: &Database, log: &mut log::Log) -> Result<()> {
         started.elapsed(),
     );
     Ok(())
+}
+
+/// Stores, in a durable commit, the log generation that starts once it is durable: the log
+/// is then bound to this database ([`log`]). Not logged: the log starts over after it.
+fn record_checkpoint(txn: &redb::WriteTransaction, generation: u64) -> Result<()> {
+    txn.open_table(COUNTERS)?
+        .insert(LOG_GENERATION, generation)?;
+    Ok(())
+}
+
+/// The log generation the database's last checkpoint started, `None` for a new database
+/// or one from before generations were recorded.
+fn checkpointed_generation(db: &Database) -> Result<Option<u64>> {
+    match db.begin_read()?.open_table(COUNTERS) {
+        Ok(counters) => Ok(counters.get(LOG_GENERATION)?.map(|value| value.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
 
 impl Db {
@@ -515,7 +539,7 @@ impl Db {
             None => builder().create(&path),
         }
         .with_context(|| format!("cannot open database {}", path.display()))?;
-        let (mut log, records) = log::Log::open(data_dir, faults)?;
+        let (mut log, records) = log::Log::open(data_dir, faults, checkpointed_generation(&db)?)?;
         let txn = db.begin_write()?;
         let next_id = Arc::new(AtomicU64::new(0));
         {
@@ -533,9 +557,11 @@ impl Db {
             .map(|id| id.value());
         next_id.store(stored_next_id.unwrap_or(1), Ordering::Relaxed);
         migrate(&txn)?;
+        let generation = log.next_generation();
+        record_checkpoint(&txn, generation)?;
         txn.commit()
             .with_context(|| format!("cannot write database {}", path.display()))?;
-        log.checkpointed();
+        log.checkpointed(generation);
         if !records.is_empty() {
             tracing::info!(
                 "applied {} batches of commits from the write-ahead log",
@@ -1366,7 +1392,7 @@ mod tests {
                 ))
                 .unwrap();
                 let image = crash_image(dir.path());
-                let (_, records) = log::Log::open(image.path(), None).unwrap();
+                let (_, records) = log::Log::open(image.path(), None, None).unwrap();
                 (records.len() == 2).then_some(image)
             })
             .expect("a checkpoint came between the commits every time");
@@ -1377,7 +1403,8 @@ mod tests {
             assert_eq!(ids, [1, 2]);
         };
         // Each open applies the log and commits durably; the log starts over only with the
-        // next batch, so the second open applies the same records again.
+        // next batch, so the second open finds the same records, older than its database's
+        // checkpoint now, and skips them.
         for _ in 0..2 {
             let db = Db::open(image.path()).unwrap();
             check(&db);
@@ -1388,6 +1415,39 @@ mod tests {
             next.deliveries[0].1, 3,
             "the id counter came back with the rest"
         );
+    }
+
+    #[test]
+    fn a_log_is_not_applied_to_an_older_copy_of_its_database() {
+        let older = tempfile::tempdir().unwrap();
+        drop(Db::open(older.path()).unwrap());
+        let newer = crash_image(older.path());
+        {
+            // Opening checkpoints, so the commit is logged in a generation `older` lacks.
+            let db = Db::open(newer.path()).unwrap();
+            db.commit(commit("a", &[("k", Some("1"))], &[])).unwrap();
+            let image = crash_image(newer.path());
+            std::fs::copy(
+                image.path().join("simrelay.log"),
+                older.path().join("simrelay.log"),
+            )
+            .unwrap();
+            let reopened = Db::open(image.path()).unwrap();
+            assert_eq!(
+                reopened.kv_get("a", "k").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "with its own database the log applies"
+            );
+        }
+        let error = format!("{:#}", Db::open(older.path()).err().unwrap());
+        assert!(
+            error.contains("holds writes made after the last checkpoint of the database"),
+            "{error}"
+        );
+        // The way out the error names: the log moved away, the database opens as it was.
+        std::fs::remove_file(older.path().join("simrelay.log")).unwrap();
+        let db = Db::open(older.path()).unwrap();
+        assert_eq!(db.kv_get("a", "k").unwrap(), None);
     }
 
     #[test]
