@@ -31,13 +31,16 @@ fn hash(n: u64) -> String {
     format!("{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn writes(entries: impl IntoIterator<Item = (String, Vec<u8>)>) -> Arc<KvWrites> {
-    Arc::new(
-        entries
-            .into_iter()
-            .map(|(key, value)| (key, Some(value)))
-            .collect(),
-    )
+/// A commit's writes to the store labelled `label`.
+fn store_writes(
+    label: &str,
+    entries: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> Vec<(String, Arc<KvWrites>)> {
+    let writes = entries
+        .into_iter()
+        .map(|(key, value)| (key, Some(value)))
+        .collect();
+    vec![(label.into(), Arc::new(writes))]
 }
 
 /// Ejoin's webhook and SmsBower's handling of its event, for the `n`th SMS.
@@ -70,16 +73,16 @@ fn sms_commits(db: &Db, n: u64) -> [Commit; 2] {
         instance: "ejoin".into(),
         message_id: message_id.clone(),
         now_ms,
-        kv: vec![(
-            "ejoin".into(),
-            writes([
+        kv: store_writes(
+            "ejoin",
+            [
                 (
                     format!("seen/ejoin-{id}"),
                     format!("{{\"at_ms\":{now_ms}}}").into(),
                 ),
                 (format!("seen@/{now_ms:016}/{id}"), Vec::new()),
-            ]),
-        )],
+            ],
+        ),
         events: vec![event],
         observed: vec![message],
         ..Default::default()
@@ -91,17 +94,17 @@ fn sms_commits(db: &Db, n: u64) -> [Commit; 2] {
         instance: "smsbower".into(),
         message_id,
         now_ms,
-        kv: vec![(
-            "farm".into(),
-            writes([
+        kv: store_writes(
+            "farm",
+            [
                 (
                     format!("sms/ejoin-{id}"),
                     format!("{{\"sms_id\":{n},\"activation\":1,\"state\":\"pending\"}}").into(),
                 ),
                 (format!("pushed@/{now_ms:016}/{id}"), Vec::new()),
                 ("counter/sms".into(), n.to_string().into()),
-            ]),
-        )],
+            ],
+        ),
         deliveries: vec![NewDelivery {
             idempotency_key: format!("push/ejoin-{id}"),
             request: OutgoingRequest {
