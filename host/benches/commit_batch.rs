@@ -1,6 +1,6 @@
 //! What the database costs an SMS, by how many SMS share a transaction: the committer
-//! pays a fixed price per transaction (a log sync, redb's commit) and a price per write
-//! (B-tree inserts, copies of the pages they touch), and which one dominates says whether
+//! pays a fixed price per transaction (the journal's sync) and a price per write (into the
+//! transaction, then the store's memory and journal), and which one dominates says whether
 //! bigger batches or cheaper writes would raise the host's throughput.
 //!
 //! Each SMS is the two commits the chain makes for it: Ejoin's webhook (its de-duplication

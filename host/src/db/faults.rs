@@ -1,19 +1,15 @@
-//! A storage backend that fails on request, for the tests of what a failing disk does.
+//! Faults on request, for the tests of what a failing disk does.
 //!
-//! It is used only when `SIMRELAY_FAULT_FILE` names a file. While that file exists, its
-//! words say what goes wrong: `sync-delay-ms=N` holds every fsync N ms (a slow disk),
-//! `fail-sync` and `fail-write` make them fail as a full disk does.
+//! They are used only when `SIMRELAY_FAULT_FILE` names a file. While that file exists, its
+//! words say what goes wrong: `sync-delay-ms=N` holds every commit N ms (a slow disk),
+//! `fail-sync` and `fail-write` make commits fail as on a full disk.
+//!
+//! fjall writes and syncs its journal itself, so the faults strike just before a commit
+//! reaches it: a failed commit has written nothing, as when a full disk refuses the write.
 
-use std::fs::File;
 use std::io;
-use std::ops::Bound;
 use std::path::PathBuf;
 
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
-
-/// The faults the trigger file asks for, checked before each write and sync: redb's
-/// ([`FaultyBackend`]) and the write-ahead log's.
 #[derive(Clone, Debug)]
 pub struct Faults {
     trigger: PathBuf,
@@ -24,27 +20,9 @@ impl Faults {
         Faults { trigger }
     }
 
-    /// The words of the trigger file, empty when it is absent.
-    fn words(&self) -> String {
-        std::fs::read_to_string(&self.trigger).unwrap_or_default()
-    }
-
-    fn injected(&self, fault: &str) -> io::Result<()> {
-        if self.words().split_whitespace().any(|word| word == fault) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("injected fault `{fault}`: no space left on device"),
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn before_write(&self) -> io::Result<()> {
-        self.injected("fail-write")
-    }
-
-    pub fn before_sync(&self) -> io::Result<()> {
-        let words = self.words();
+    /// Waits or fails as the trigger file's words ask, before a commit.
+    pub fn before_commit(&self) -> io::Result<()> {
+        let words = std::fs::read_to_string(&self.trigger).unwrap_or_default();
         let delay = words
             .split_whitespace()
             .find_map(|word| word.strip_prefix("sync-delay-ms="))
@@ -52,78 +30,15 @@ impl Faults {
         if let Some(ms) = delay {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
-        self.injected("fail-sync")
-    }
-}
-
-#[derive(Debug)]
-pub struct FaultyBackend {
-    inner: FileBackend,
-    faults: Faults,
-}
-
-impl FaultyBackend {
-    pub fn new(file: File, faults: Faults) -> Result<Self, redb::DatabaseError> {
-        Ok(FaultyBackend {
-            inner: FileBackend::new(file)?,
-            faults,
-        })
-    }
-}
-
-impl StorageBackend for FaultyBackend {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.inner.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.faults.before_write()?;
-        self.inner.set_len(len)
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        self.faults.before_sync()?;
-        self.inner.sync_data()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.faults.before_write()?;
-        self.inner.write(offset, data)
-    }
-
-    fn close(&self) -> io::Result<()> {
-        self.inner.close()
-    }
-
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.inner.query_lock_range(start, end)
+        match words
+            .split_whitespace()
+            .find(|word| ["fail-write", "fail-sync"].contains(word))
+        {
+            Some(fault) => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("injected fault `{fault}`: no space left on device"),
+            )),
+            None => Ok(()),
+        }
     }
 }

@@ -4,26 +4,24 @@
 //! the events for downstream instances, and the fate of the input it consumed) commits in
 //! one durable transaction, so a crash leaves either all of it or none of it. Commits queue
 //! in order; a committer thread writes all that are waiting in one transaction with one
-//! fsync (group commit), of the write-ahead log ([`log`]) in front of redb. redb itself
-//! commits durably (a checkpoint) when no batch waits, or when the log asks for it.
+//! fsync of the journal (group commit).
+//!
+//! The store is fjall, an LSM tree ([`store`]): a write goes to its journal and to memory,
+//! and reaches sorted table files later, in the background. A randomly keyed write (a
+//! de-duplication mark, a push record, a delivery key) so costs about what a sequential one
+//! does, where a B-tree copies and rewrites a page for each.
 
 mod faults;
-mod log;
+mod import;
+mod store;
 
-use std::borrow::Borrow;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::ops::Deref;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::{Context, Result};
-use redb::{
-    AccessGuard, Database, Durability, Key, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    Table, TableDefinition, TableHandle, Value,
-};
+use fjall::{PersistMode, SingleWriterTxDatabase};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -33,37 +31,133 @@ use crate::model::{Event, OutgoingRequest};
 use crate::send::SentMessage;
 use simrelay_core::relay::{DeliveryRecord, QueuedEvent};
 use simrelay_core::retry::DeliveryState;
+use store::{Bytes, Table, Text, TextPair, U64, U64Pair, Unit, WriteTxn};
 
-/// (store label, key) → value.
-const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
-/// delivery id → JSON [`DeliveryRecord`].
-const DELIVERIES: TableDefinition<u64, &str> = TableDefinition::new("deliveries");
-/// delivery id → when it is due, for every pending delivery: start-up reads only these.
-const PENDING: TableDefinition<u64, u64> = TableDefinition::new("pending_deliveries");
-/// (instance, idempotency key) → delivery id.
-const DELIVERY_KEYS: TableDefinition<(&str, &str), u64> = TableDefinition::new("delivery_keys");
-/// (when it finished, delivery id) for every delivered or dead delivery, oldest first:
-/// retention walks it from the start.
-const FINISHED: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished_deliveries");
-/// event id → JSON [`QueuedEvent`]; an event leaves once its target handled it.
-const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
-/// (when it finished, delivery id) → (instance, idempotency key) of deliveries whose record
-/// retention removed, while their key still guards against a second delivery.
-const RETIRED_KEYS: TableDefinition<(u64, u64), (&str, &str)> =
-    TableDefinition::new("retired_delivery_keys");
-/// record id → JSON [`Observed`]: messages plugins reported, newest last.
-const MESSAGES: TableDefinition<u64, &str> = TableDefinition::new("messages");
-/// (reporting instance, device/port/iccid) → JSON [`Observed`]: the last status of each SIM.
-const SIMS: TableDefinition<(&str, &str), &str> = TableDefinition::new("sims");
-const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// The counter holding the log generation the last checkpoint started.
-const LOG_GENERATION: &str = "log_generation";
-/// send request id → JSON [`SentMessage`]: SMS asked for through the send API, and how far
-/// they got. Added after schema 2 as a table of its own, so older builds ignore it.
-const SENT: TableDefinition<&str, &str> = TableDefinition::new("sent_messages");
-
-/// The environment variable that turns on [`faults::FaultyBackend`] for tests.
+/// The environment variable that turns on [`faults::Faults`] for tests.
 const FAULT_FILE_VAR: &str = "SIMRELAY_FAULT_FILE";
+
+/// The store's directory inside the data directory.
+const STORE_DIR: &str = "store";
+
+/// The layout this build writes; a store of a newer layout is refused.
+const SCHEMA: u64 = 1;
+
+/// Every table of the store.
+struct Store {
+    db: SingleWriterTxDatabase,
+    /// (store label, key) → value.
+    kv: Table<TextPair, Bytes>,
+    /// delivery id → JSON [`DeliveryRecord`].
+    deliveries: Table<U64, Text>,
+    /// delivery id → when it is due, for every pending delivery: start-up reads only these.
+    pending: Table<U64, U64>,
+    /// (instance, idempotency key) → delivery id.
+    keys: Table<TextPair, U64>,
+    /// (when it finished, delivery id) for every delivered or dead delivery, oldest first:
+    /// retention walks it from the start.
+    finished: Table<U64Pair, Unit>,
+    /// event id → JSON [`QueuedEvent`]; an event leaves once its target handled it.
+    events: Table<U64, Text>,
+    /// (when it finished, delivery id) → (instance, idempotency key) of deliveries whose
+    /// record retention removed, while their key still guards against a second delivery.
+    retired: Table<U64Pair, TextPair>,
+    /// record id → JSON [`Observed`]: messages plugins reported, newest last.
+    messages: Table<U64, Text>,
+    /// (reporting instance, device/port/iccid) → JSON [`Observed`]: the last status of
+    /// each SIM.
+    sims: Table<TextPair, Text>,
+    /// send request id → JSON [`SentMessage`]: SMS asked for through the send API, and how
+    /// far they got.
+    sent: Table<Text, Text>,
+    /// `next_id`, `next_message`, `schema`.
+    counters: Table<Text, U64>,
+}
+
+/// Blocks read from table files, kept in memory: hot state (open activations, live marks,
+/// pending deliveries) is mostly still in the write buffers, so this serves colder reads.
+const CACHE_BYTES: u64 = 16 << 20;
+/// The journals kept before fjall flushes the write buffers holding their oldest writes.
+/// At its least (64 MiB) that forced every keyspace to flush at once, every few seconds
+/// under load; start-up replays at most this much.
+const JOURNAL_BYTES: u64 = 512 << 20;
+
+impl Store {
+    fn open(path: &Path) -> Result<Self> {
+        let db = SingleWriterTxDatabase::builder(path)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(JOURNAL_BYTES)
+            // Flushes and compactions on one thread: the other core serves requests.
+            .worker_threads(1)
+            .open()
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        Ok(Store {
+            kv: Table::open(&db, "kv")?,
+            deliveries: Table::open(&db, "deliveries")?,
+            pending: Table::open(&db, "pending_deliveries")?,
+            keys: Table::open(&db, "delivery_keys")?,
+            finished: Table::open(&db, "finished_deliveries")?,
+            events: Table::open(&db, "events")?,
+            retired: Table::open(&db, "retired_delivery_keys")?,
+            messages: Table::open(&db, "messages")?,
+            sims: Table::open(&db, "sims")?,
+            sent: Table::open(&db, "sent_messages")?,
+            counters: Table::open(&db, "counters")?,
+            db,
+        })
+    }
+
+    fn read_one<T: DeserializeOwned>(
+        &self,
+        table: &Table<U64, Text>,
+        id: u64,
+    ) -> Result<Option<T>> {
+        table
+            .get(&self.db.read_tx(), id)?
+            .map(|json| parse(table.name(), &json))
+            .transpose()
+    }
+
+    fn read_all<T: DeserializeOwned>(&self, table: &Table<U64, Text>) -> Result<Vec<T>> {
+        table
+            .iter(&self.db.read_tx())
+            .map(|entry| parse(table.name(), &entry?.1))
+            .collect()
+    }
+}
+
+/// A read snapshot of the key-value table: see [`Db::kv_snapshot`].
+pub struct KvSnapshot {
+    store: Arc<Store>,
+    snapshot: fjall::Snapshot,
+}
+
+impl KvSnapshot {
+    /// The label's values of `keys`, in order.
+    pub fn get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter()
+            .map(|key| self.store.kv.get(&self.snapshot, (label, *key)))
+            .collect()
+    }
+
+    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
+    /// order, and whether they are the last.
+    pub fn keys(
+        &self,
+        label: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool)> {
+        let mut keys = Vec::new();
+        let bounds = TextPair::bounds(label, cursor);
+        for entry in self.store.kv.range_bytes(&self.snapshot, bounds) {
+            if keys.len() == limit {
+                return Ok((keys, false));
+            }
+            keys.push(entry?.0.1);
+        }
+        Ok((keys, true))
+    }
+}
 
 /// A delivery asked for by a call, before it has an id.
 pub struct NewDelivery {
@@ -135,61 +229,6 @@ impl Default for Retention {
             dedupe_hours: 30.0 * 24.0,
             messages_hours: 7.0 * 24.0,
         }
-    }
-}
-
-/// redb caches every page it reads or writes up to its cache size, 1 GiB by default: the
-/// host's memory would follow the database's size. Hot state (open activations, live marks,
-/// pending deliveries) is far smaller than this.
-const PAGE_CACHE_BYTES: usize = 32 << 20;
-
-fn builder() -> redb::Builder {
-    let mut builder = redb::Builder::new();
-    builder.set_cache_size(PAGE_CACHE_BYTES);
-    builder
-}
-
-/// A read transaction on the key-value table: see [`Db::kv_snapshot`].
-pub struct KvSnapshot(redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>);
-
-impl KvSnapshot {
-    /// The label's values of `keys`, in order.
-    pub fn get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        keys.iter()
-            .map(|key| {
-                Ok(self
-                    .0
-                    .get((label, *key))?
-                    .map(|value| value.value().to_vec()))
-            })
-            .collect()
-    }
-
-    /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
-    /// order, and whether they are the last.
-    pub fn keys(
-        &self,
-        label: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<String>, bool)> {
-        // Keys sort by label first: one label's keys run on from (label, "").
-        let mut keys = Vec::new();
-        for entry in self.0.range((label, cursor.unwrap_or(""))..)? {
-            let (key, _) = entry?;
-            let (entry_label, entry_key) = key.value();
-            if entry_label != label {
-                return Ok((keys, true));
-            }
-            if cursor == Some(entry_key) {
-                continue;
-            }
-            if keys.len() == limit {
-                return Ok((keys, false));
-            }
-            keys.push(entry_key.to_string());
-        }
-        Ok((keys, true))
     }
 }
 
@@ -286,7 +325,7 @@ struct Queue {
 }
 
 pub struct Db {
-    db: Arc<Database>,
+    store: Arc<Store>,
     /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
     /// The next delivery or event id; the committer stores it with every batch.
@@ -349,7 +388,6 @@ impl PendingCommit {
         }
     }
 }
-
 /// The most waiting commits that share one transaction, and so one fsync.
 const MAX_BATCH: usize = 256;
 
@@ -361,22 +399,13 @@ const MAX_BATCH: usize = 256;
 /// A commit with nothing to write only waits for the commits queued before it: a batch of
 /// such commits needs no transaction.
 fn run_committer(
-    db: Arc<Database>,
-    mut log: log::Log,
+    store: Arc<Store>,
+    faults: Option<faults::Faults>,
     durable: Arc<AtomicU64>,
     next_id: Arc<AtomicU64>,
     queue: mpsc::Receiver<CommitJob>,
 ) {
-    let logged = Rc::new(RefCell::new(Vec::new()));
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queue.recv() {
-                Ok(first) => first,
-                Err(_) => break,
-            },
-        };
+    while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -389,13 +418,11 @@ fn run_committer(
             .iter()
             .filter(|(_, commits, _)| commits.iter().any(|commit| !commit.is_empty()))
             .count();
-        logged.borrow_mut().clear();
         let result = (|| -> Result<Vec<Committed>> {
             if writes == 0 {
                 return Ok(batch.iter().map(|_| Committed::default()).collect());
             }
-            let mut txn = db.begin_write()?;
-            let mut tables = Tables::open(&txn, &logged, &next_id)?;
+            let mut tables = Tables::begin(&store, &next_id)?;
             let committed = batch
                 .iter_mut()
                 .map(|(_, commits, _)| {
@@ -406,28 +433,7 @@ fn run_committer(
                     Ok(committed)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            tables.close()?;
-            log.append(&logged.borrow_mut())?;
-            let checkpoint = log.checkpoint_due().then(|| log.next_generation());
-            let commit = (|| -> Result<()> {
-                match checkpoint {
-                    Some(generation) => record_checkpoint(&txn, generation)?,
-                    None => txn.set_durability(Durability::None)?,
-                }
-                Ok(txn.commit()?)
-            })();
-            if let Err(error) = commit {
-                if let Err(retract) = log.retract() {
-                    tracing::error!(
-                        "cannot take the failed batch back from the write-ahead log, so a \
-                         restart applies it: {retract:#}"
-                    );
-                }
-                return Err(error);
-            }
-            if let Some(generation) = checkpoint {
-                log.checkpointed(generation);
-            }
+            tables.commit(faults.as_ref())?;
             Ok(committed)
         })();
         let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
@@ -465,56 +471,6 @@ fn run_committer(
                 std::process::exit(70);
             }
         }
-        // Nothing waits: a checkpoint now delays no batch, only those arriving during it.
-        match queue.try_recv() {
-            Ok(next) => carried = Some(next),
-            Err(_) if log.checkpoint_worthwhile() => {
-                if let Err(error) = checkpoint(&db, &mut log) {
-                    tracing::error!(
-                        "database commit failed (a checkpoint): {error:#}; stopping. The \
-                         write-ahead log holds every batch acknowledged since the last one"
-                    );
-                    std::process::exit(70);
-                }
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// Commits redb durably with nothing in the transaction, which writes what the batches
-/// since the last checkpoint left in redb's buffer, and starts the log over.
-fn checkpoint(db: &Database, log: &mut log::Log) -> Result<()> {
-    let started = std::time::Instant::now();
-    let txn = db.begin_write()?;
-    let generation = log.next_generation();
-    record_checkpoint(&txn, generation)?;
-    txn.commit()?;
-    log.checkpointed(generation);
-    crate::metrics::metrics().latency(
-        "simrelay_checkpoint_seconds",
-        "Time to make redb durable in a quiet moment, which commits arriving meanwhile wait for.",
-        &[],
-        started.elapsed(),
-    );
-    Ok(())
-}
-
-/// Stores, in a durable commit, the log generation that starts once it is durable: the log
-/// is then bound to this database ([`log`]). Not logged: the log starts over after it.
-fn record_checkpoint(txn: &redb::WriteTransaction, generation: u64) -> Result<()> {
-    txn.open_table(COUNTERS)?
-        .insert(LOG_GENERATION, generation)?;
-    Ok(())
-}
-
-/// The log generation the database's last checkpoint started, `None` for a new database
-/// or one from before generations were recorded.
-fn checkpointed_generation(db: &Database) -> Result<Option<u64>> {
-    match db.begin_read()?.open_table(COUNTERS) {
-        Ok(counters) => Ok(counters.get(LOG_GENERATION)?.map(|value| value.value())),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(error) => Err(error.into()),
     }
 }
 
@@ -523,60 +479,37 @@ impl Db {
     pub fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let path = data_dir.join("simrelay.redb");
         let faults =
             std::env::var_os(FAULT_FILE_VAR).map(|trigger| faults::Faults::new(trigger.into()));
-        let db = match &faults {
-            Some(faults) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)?;
-                builder().create_with_backend(faults::FaultyBackend::new(file, faults.clone())?)
-            }
-            None => builder().create(&path),
-        }
-        .with_context(|| format!("cannot open database {}", path.display()))?;
-        let (mut log, records) = log::Log::open(data_dir, faults, checkpointed_generation(&db)?)?;
-        let txn = db.begin_write()?;
+        let store = Arc::new(Store::open(&data_dir.join(STORE_DIR))?);
+        import::earlier_database(data_dir, &store)?;
         let next_id = Arc::new(AtomicU64::new(0));
-        {
-            // Opening the tables creates those that are missing.
-            let mut tables = Tables::open(&txn, &LoggedWrites::default(), &next_id)?;
-            for record in &records {
-                tables
-                    .replay(record)
-                    .context("cannot apply the write-ahead log")?;
-            }
-        }
-        let stored_next_id = txn
-            .open_table(COUNTERS)?
-            .get("next_id")?
-            .map(|id| id.value());
-        next_id.store(stored_next_id.unwrap_or(1), Ordering::Relaxed);
-        migrate(&txn)?;
-        let generation = log.next_generation();
-        record_checkpoint(&txn, generation)?;
-        txn.commit()
-            .with_context(|| format!("cannot write database {}", path.display()))?;
-        log.checkpointed(generation);
-        if !records.is_empty() {
-            tracing::info!(
-                "applied {} batches of commits from the write-ahead log",
-                records.len()
+        let counters = store.db.read_tx();
+        let schema = store.counters.get(&counters, "schema")?;
+        if schema.is_some_and(|schema| schema > SCHEMA) {
+            anyhow::bail!(
+                "the database in {} has layout {} and this build reads up to {SCHEMA}: it was \
+                 written by a newer simrelay",
+                data_dir.display(),
+                schema.unwrap_or_default()
             );
         }
-        let db = Arc::new(db);
+        let stored_next_id = store.counters.get(&counters, "next_id")?;
+        next_id.store(stored_next_id.unwrap_or(1), Ordering::Relaxed);
+        // A durable write now: a host that cannot write learns it before it accepts work.
+        let mut tables = Tables::begin(&store, &next_id)?;
+        store.counters.insert(&mut tables.txn, "schema", SCHEMA);
+        tables
+            .commit(faults.as_ref())
+            .with_context(|| format!("cannot write the database in {}", data_dir.display()))?;
         let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
-        let (writer, watermark, ids) = (db.clone(), durable.clone(), next_id.clone());
+        let (writer, watermark, ids) = (store.clone(), durable.clone(), next_id.clone());
         let committer = std::thread::Builder::new()
             .name("db-committer".into())
-            .spawn(move || run_committer(writer, log, watermark, ids, receiver))?;
+            .spawn(move || run_committer(writer, faults, watermark, ids, receiver))?;
         Ok(Db {
-            db,
+            store,
             durable,
             next_id,
             queue: Mutex::new(Some(Queue {
@@ -598,9 +531,12 @@ impl Db {
     }
 
     /// The committed values of every store as they are now, for reads that belong together
-    /// (one plugin call's): one read transaction however many reads.
+    /// (one plugin call's): one snapshot however many reads.
     pub fn kv_snapshot(&self) -> Result<KvSnapshot> {
-        Ok(KvSnapshot(self.db.begin_read()?.open_table(KV)?))
+        Ok(KvSnapshot {
+            snapshot: self.store.db.read_tx(),
+            store: self.store.clone(),
+        })
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -638,38 +574,33 @@ impl Db {
     }
 
     pub fn delivery(&self, id: u64) -> Result<Option<DeliveryRecord>> {
-        self.read_one(DELIVERIES, id)
+        self.store.read_one(&self.store.deliveries, id)
     }
 
     pub fn queued_event(&self, id: u64) -> Result<Option<QueuedEvent>> {
-        self.read_one(EVENTS, id)
+        self.store.read_one(&self.store.events, id)
     }
 
     /// (due, id) of every pending delivery.
     pub fn pending_deliveries(&self) -> Result<Vec<(u64, u64)>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PENDING)?;
-        table
-            .iter()?
-            .map(|entry| {
-                let (id, due) = entry?;
-                Ok((due.value(), id.value()))
-            })
+        self.store
+            .pending
+            .iter(&self.store.db.read_tx())
+            .map(|entry| entry.map(|(id, due)| (due, id)))
             .collect()
     }
 
     pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>> {
-        self.read_all(DELIVERIES)
+        self.store.read_all(&self.store.deliveries)
     }
 
     /// Deliveries matching `filter`, newest first.
     pub fn find_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DELIVERIES)?;
+        let table = &self.store.deliveries;
         let limit = filter.limit.unwrap_or(100);
         let mut found = Vec::new();
-        for entry in table.iter()?.rev() {
-            let record: DeliveryRecord = parse(DELIVERIES.name(), entry?.1.value())?;
+        for entry in table.iter(&self.store.db.read_tx()).rev() {
+            let record: DeliveryRecord = parse(table.name(), &entry?.1)?;
             // Ids grow with time: once older than the window, everything after is too.
             if filter
                 .since_ms
@@ -689,14 +620,12 @@ impl Db {
 
     /// Per instance: pending deliveries, and when the oldest of them was asked for.
     pub fn pending_by_instance(&self) -> Result<BTreeMap<String, (u64, u64)>> {
-        let txn = self.db.begin_read()?;
-        let pending = txn.open_table(PENDING)?;
-        let deliveries = txn.open_table(DELIVERIES)?;
+        let snapshot = self.store.db.read_tx();
+        let deliveries = &self.store.deliveries;
         let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for entry in pending.iter()? {
-            let id = entry?.0.value();
-            if let Some(json) = deliveries.get(id)? {
-                let record: DeliveryRecord = parse(DELIVERIES.name(), json.value())?;
+        for entry in self.store.pending.iter(&snapshot) {
+            if let Some(json) = deliveries.get(&snapshot, entry?.0)? {
+                let record: DeliveryRecord = parse(deliveries.name(), &json)?;
                 let count = counts.entry(record.instance).or_insert((0, u64::MAX));
                 count.0 += 1;
                 count.1 = count.1.min(record.created_ms);
@@ -707,19 +636,19 @@ impl Db {
 
     /// How many deliveries are pending, and how many finished ones are kept.
     pub fn delivery_counts(&self) -> Result<(u64, u64)> {
-        let txn = self.db.begin_read()?;
+        let snapshot = self.store.db.read_tx();
         Ok((
-            txn.open_table(PENDING)?.len()?,
-            txn.open_table(FINISHED)?.len()?,
+            self.store.pending.count(&snapshot)?,
+            self.store.finished.count(&snapshot)?,
         ))
     }
 
     /// A send API record, by its id.
     pub fn sent_message(&self, id: &str) -> Result<Option<SentMessage>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SENT)?;
-        let json = table.get(id)?;
-        json.map(|json| parse(SENT.name(), json.value()))
+        let table = &self.store.sent;
+        table
+            .get(&self.store.db.read_tx(), id)?
+            .map(|json| parse(table.name(), &json))
             .transpose()
     }
 
@@ -728,23 +657,21 @@ impl Db {
         &self,
         limit: usize,
     ) -> Result<Vec<Observed<crate::model::ReceivedMessage>>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
+        let table = &self.store.messages;
         table
-            .iter()?
+            .iter(&self.store.db.read_tx())
             .rev()
             .take(limit)
-            .map(|entry| parse(MESSAGES.name(), entry?.1.value()))
+            .map(|entry| parse(table.name(), &entry?.1))
             .collect()
     }
 
     /// Messages reported since `since_ms`, for rates.
     pub fn messages_since(&self, since_ms: u64) -> Result<usize> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MESSAGES)?;
+        let table = &self.store.messages;
         let mut count = 0;
-        for entry in table.iter()?.rev() {
-            let observed: Observed<serde_json::Value> = parse(MESSAGES.name(), entry?.1.value())?;
+        for entry in table.iter(&self.store.db.read_tx()).rev() {
+            let observed: Observed<serde_json::Value> = parse(table.name(), &entry?.1)?;
             if observed.at_ms < since_ms {
                 break;
             }
@@ -755,256 +682,76 @@ impl Db {
 
     /// The last status of every SIM the plugins reported.
     pub fn sims(&self) -> Result<Vec<Observed<crate::model::SimStatus>>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SIMS)?;
+        let table = &self.store.sims;
         table
-            .iter()?
-            .map(|entry| parse(SIMS.name(), entry?.1.value()))
+            .iter(&self.store.db.read_tx())
+            .map(|entry| parse(table.name(), &entry?.1))
             .collect()
     }
 
     pub fn queued_events(&self) -> Result<Vec<QueuedEvent>> {
-        self.read_all(EVENTS)
-    }
-
-    fn read_one<T: DeserializeOwned>(
-        &self,
-        definition: TableDefinition<u64, &str>,
-        id: u64,
-    ) -> Result<Option<T>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(definition)?;
-        let json = table.get(id)?;
-        json.map(|json| parse(definition.name(), json.value()))
-            .transpose()
-    }
-
-    fn read_all<T: DeserializeOwned>(
-        &self,
-        definition: TableDefinition<u64, &str>,
-    ) -> Result<Vec<T>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(definition)?;
-        table
-            .iter()?
-            .map(|entry| parse(definition.name(), entry?.1.value()))
-            .collect()
+        self.store.read_all(&self.store.events)
     }
 }
 
-/// The layout this build writes; databases of older builds are brought to it on open.
-const SCHEMA: u64 = 2;
-
-fn migrate(txn: &redb::WriteTransaction) -> Result<()> {
-    let mut counters = txn.open_table(COUNTERS)?;
-    let schema = counters.get("schema")?.map_or(1, |value| value.value());
-    if schema < 2 {
-        // Schema 2 indexes pending and finished deliveries, so start-up and retention no
-        // longer read every delivery.
-        let deliveries = txn.open_table(DELIVERIES)?;
-        let mut pending = txn.open_table(PENDING)?;
-        let mut finished = txn.open_table(FINISHED)?;
-        for entry in deliveries.iter()? {
-            let record: DeliveryRecord = parse(DELIVERIES.name(), entry?.1.value())?;
-            match record.state {
-                DeliveryState::Pending { next_attempt_ms } => {
-                    pending.insert(record.id, next_attempt_ms)?;
-                }
-                DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
-                    finished.insert((at_ms, record.id), ())?;
-                }
-            }
-        }
-    }
-    counters.insert("schema", SCHEMA)?;
-    Ok(())
-}
-
-/// A batch's writes, as the write-ahead log records them.
-type LoggedWrites = Rc<RefCell<Vec<u8>>>;
-
-/// A table of a batch's transaction whose writes are also recorded for the write-ahead log;
-/// reads go straight to the table.
-struct Logged<'txn, K: Key + 'static, V: Value + 'static> {
-    table: Table<'txn, K, V>,
-    /// The table's number in the log: fixed, as logs outlive builds.
-    id: u8,
-    writes: LoggedWrites,
-}
-
-impl<'txn, K: Key + 'static, V: Value + 'static> Logged<'txn, K, V> {
-    fn open(
-        txn: &'txn redb::WriteTransaction,
-        definition: TableDefinition<K, V>,
-        id: u8,
-        writes: &LoggedWrites,
-    ) -> Result<Self> {
-        Ok(Logged {
-            table: txn.open_table(definition)?,
-            id,
-            writes: writes.clone(),
-        })
-    }
-
-    fn insert<'k, 'v>(
-        &mut self,
-        key: impl Borrow<K::SelfType<'k>>,
-        value: impl Borrow<V::SelfType<'v>>,
-    ) -> Result<()> {
-        log::encode(
-            &mut self.writes.borrow_mut(),
-            self.id,
-            K::as_bytes(key.borrow()).as_ref(),
-            Some(V::as_bytes(value.borrow()).as_ref()),
-        );
-        self.table.insert(key, value)?;
-        Ok(())
-    }
-
-    fn remove<'k>(
-        &mut self,
-        key: impl Borrow<K::SelfType<'k>>,
-    ) -> Result<Option<AccessGuard<'_, V>>> {
-        log::encode(
-            &mut self.writes.borrow_mut(),
-            self.id,
-            K::as_bytes(key.borrow()).as_ref(),
-            None,
-        );
-        Ok(self.table.remove(key)?)
-    }
-}
-
-impl<'txn, K: Key + 'static, V: Value + 'static> Deref for Logged<'txn, K, V> {
-    type Target = Table<'txn, K, V>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.table
-    }
-}
-
-/// A logged table, as start-up applies the log's writes to it again.
-trait Replay {
-    fn id(&self) -> u8;
-    fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()>;
-}
-
-impl<K: Key + 'static, V: Value + 'static> Replay for Logged<'_, K, V> {
-    fn id(&self) -> u8 {
-        self.id
-    }
-
-    fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
-        match value {
-            Some(value) => self
-                .table
-                .insert(K::from_bytes(key), V::from_bytes(value))?,
-            None => self.table.remove(K::from_bytes(key))?,
-        };
-        Ok(())
-    }
-}
-
-/// Every table a batch of commits may write, opened once per transaction: opening and
-/// closing a table costs a lookup and a write in redb's table of tables.
-struct Tables<'txn> {
-    kv: Logged<'txn, (&'static str, &'static str), &'static [u8]>,
-    deliveries: Logged<'txn, u64, &'static str>,
-    pending: Logged<'txn, u64, u64>,
-    keys: Logged<'txn, (&'static str, &'static str), u64>,
-    finished: Logged<'txn, (u64, u64), ()>,
-    events: Logged<'txn, u64, &'static str>,
-    retired: Logged<'txn, (u64, u64), (&'static str, &'static str)>,
-    messages: Logged<'txn, u64, &'static str>,
-    sims: Logged<'txn, (&'static str, &'static str), &'static str>,
-    sent: Logged<'txn, &'static str, &'static str>,
-    counters: Logged<'txn, &'static str, u64>,
+/// The committer's transaction over every table, with the counters it keeps.
+struct Tables<'a> {
+    txn: WriteTxn<'a>,
+    store: &'a Store,
     /// The next delivery or event id, shared with the relay, which gives events theirs.
-    next_id: &'txn AtomicU64,
+    next_id: &'a AtomicU64,
     /// The next message record id.
     next_message: u64,
 }
 
-impl<'txn> Tables<'txn> {
-    fn open(
-        txn: &'txn redb::WriteTransaction,
-        writes: &LoggedWrites,
-        next_id: &'txn AtomicU64,
-    ) -> Result<Self> {
-        let counters = Logged::open(txn, COUNTERS, 11, writes)?;
-        let next_message = counters
-            .get("next_message")?
-            .map_or(1, |value| value.value());
+impl<'a> Tables<'a> {
+    fn begin(store: &'a Store, next_id: &'a AtomicU64) -> Result<Self> {
+        let txn = store.db.write_tx().durability(Some(PersistMode::SyncData));
+        let next_message = store.counters.get(&txn, "next_message")?.unwrap_or(1);
         Ok(Tables {
-            kv: Logged::open(txn, KV, 1, writes)?,
-            deliveries: Logged::open(txn, DELIVERIES, 2, writes)?,
-            pending: Logged::open(txn, PENDING, 3, writes)?,
-            keys: Logged::open(txn, DELIVERY_KEYS, 4, writes)?,
-            finished: Logged::open(txn, FINISHED, 5, writes)?,
-            events: Logged::open(txn, EVENTS, 6, writes)?,
-            retired: Logged::open(txn, RETIRED_KEYS, 7, writes)?,
-            messages: Logged::open(txn, MESSAGES, 8, writes)?,
-            sims: Logged::open(txn, SIMS, 9, writes)?,
-            sent: Logged::open(txn, SENT, 10, writes)?,
-            counters,
+            txn,
+            store,
             next_id,
             next_message,
         })
     }
 
-    /// Stores the counters, before the transaction commits.
-    fn close(mut self) -> Result<()> {
-        self.counters
-            .insert("next_id", self.next_id.load(Ordering::Relaxed))?;
-        self.counters.insert("next_message", self.next_message)?;
-        Ok(())
+    /// Stores the counters and commits durably.
+    fn commit(mut self, faults: Option<&faults::Faults>) -> Result<()> {
+        let counters = &self.store.counters;
+        counters.insert(
+            &mut self.txn,
+            "next_id",
+            self.next_id.load(Ordering::Relaxed),
+        );
+        counters.insert(&mut self.txn, "next_message", self.next_message);
+        if let Some(faults) = faults {
+            faults.before_commit()?;
+        }
+        Ok(self.txn.commit()?)
     }
 
     fn allocate_id(&mut self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
-
-    /// Applies one record of the write-ahead log again.
-    fn replay(&mut self, record: &[u8]) -> Result<()> {
-        let mut tables: [&mut dyn Replay; 11] = [
-            &mut self.kv,
-            &mut self.deliveries,
-            &mut self.pending,
-            &mut self.keys,
-            &mut self.finished,
-            &mut self.events,
-            &mut self.retired,
-            &mut self.messages,
-            &mut self.sims,
-            &mut self.sent,
-            &mut self.counters,
-        ];
-        for write in log::decode(record)? {
-            let table = tables
-                .iter_mut()
-                .find(|table| table.id() == write.table)
-                .with_context(|| format!("the write-ahead log names table {}", write.table))?;
-            table.replay(write.key, write.value)?;
-        }
-        Ok(())
-    }
 }
 
 /// Writes one call's outcome into the batch's transaction.
 fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
+    let store = tables.store;
     let mut committed = Committed::default();
     for (label, writes) in &commit.kv {
         for (key, value) in writes.iter() {
             let key = (label.as_str(), key.as_str());
             match value {
-                Some(value) => tables.kv.insert(key, value.as_slice())?,
-                None => drop(tables.kv.remove(key)?),
+                Some(value) => store.kv.insert(&mut tables.txn, key, value),
+                None => store.kv.remove(&mut tables.txn, key),
             }
         }
     }
     for delivery in commit.deliveries {
         let unique = (commit.instance.as_str(), delivery.idempotency_key.as_str());
-        if tables.keys.get(unique)?.is_some() {
+        if store.keys.get(&tables.txn, unique)?.is_some() {
             committed.duplicate_deliveries += 1;
             continue;
         }
@@ -1022,22 +769,26 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
             last_result: None,
             history: Vec::new(),
         };
-        tables.keys.insert(unique, record.id)?;
-        tables
+        store.keys.insert(&mut tables.txn, unique, record.id);
+        store
             .deliveries
-            .insert(record.id, json(&record)?.as_str())?;
-        tables.pending.insert(record.id, commit.now_ms)?;
+            .insert(&mut tables.txn, record.id, &json(&record)?);
+        store
+            .pending
+            .insert(&mut tables.txn, record.id, commit.now_ms);
         committed.deliveries.push((commit.now_ms, record.id));
     }
     for queued in &commit.events {
-        tables.events.insert(queued.id, json(queued)?.as_str())?;
+        store
+            .events
+            .insert(&mut tables.txn, queued.id, &json(queued)?);
     }
     match &commit.consumed {
-        Consumed::EventHandled(id) => {
-            tables.events.remove(*id)?;
-        }
+        Consumed::EventHandled(id) => store.events.remove(&mut tables.txn, *id),
         Consumed::EventFailed(queued) => {
-            tables.events.insert(queued.id, json(queued)?.as_str())?;
+            store
+                .events
+                .insert(&mut tables.txn, queued.id, &json(queued)?);
         }
         Consumed::DeliveryUpdated(record) => store_delivery(tables, record)?,
         Consumed::Nothing => {}
@@ -1046,9 +797,9 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
         committed.compacted = Some(compact(tables, retention, *now_ms)?);
     }
     for record in &commit.sends {
-        tables
+        store
             .sent
-            .insert(record.id.as_str(), json(record)?.as_str())?;
+            .insert(&mut tables.txn, record.id.as_str(), &json(record)?);
     }
     observe(
         tables,
@@ -1062,29 +813,29 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
 
 /// Writes a delivery's record and keeps the pending and finished indexes in step.
 fn store_delivery(tables: &mut Tables, record: &DeliveryRecord) -> Result<()> {
-    if let Some(old) = tables.deliveries.get(record.id)? {
-        let old: DeliveryRecord = parse(DELIVERIES.name(), old.value())?;
+    let Tables { txn, store, .. } = tables;
+    if let Some(old) = store.deliveries.get(txn, record.id)? {
+        let old: DeliveryRecord = parse(store.deliveries.name(), &old)?;
         if let DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } = old.state {
-            tables.finished.remove((at_ms, old.id))?;
+            store.finished.remove(txn, (at_ms, old.id));
         }
     }
     match &record.state {
         DeliveryState::Pending { next_attempt_ms } => {
-            tables.pending.insert(record.id, *next_attempt_ms)?;
+            store.pending.insert(txn, record.id, *next_attempt_ms);
         }
         DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
-            tables.pending.remove(record.id)?;
-            tables.finished.insert((*at_ms, record.id), ())?;
+            store.pending.remove(txn, record.id);
+            store.finished.insert(txn, (*at_ms, record.id), ());
         }
     }
-    tables
-        .deliveries
-        .insert(record.id, json(record)?.as_str())?;
+    store.deliveries.insert(txn, record.id, &json(record)?);
     Ok(())
 }
 
 /// Removes what `retention` no longer keeps, at most [`COMPACT_BATCH`] records of a kind.
 fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Compacted> {
+    let Tables { txn, store, .. } = tables;
     let age_ms = |hours: f64| (hours.max(0.0) * 3_600_000.0) as u64;
     let delivery_cutoff = now_ms.saturating_sub(age_ms(retention.deliveries_hours));
     let key_cutoff = now_ms.saturating_sub(age_ms(
@@ -1092,97 +843,75 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
     ));
     let message_cutoff = now_ms.saturating_sub(age_ms(retention.messages_hours));
     let mut compacted = Compacted::default();
-    {
-        let Tables {
-            finished,
-            deliveries,
-            keys,
-            retired,
-            ..
-        } = tables;
-        let old: Vec<(u64, u64)> = finished
-            .range(..(delivery_cutoff, 0))?
-            .take(COMPACT_BATCH)
-            .map(|entry| entry.map(|(key, _)| key.value()))
-            .collect::<Result<_, _>>()?;
-        for (finished_ms, id) in old {
-            finished.remove((finished_ms, id))?;
-            if let Some(json) = deliveries.remove(id)? {
-                let record: DeliveryRecord = parse(DELIVERIES.name(), json.value())?;
-                let key = (record.instance.as_str(), record.idempotency_key.as_str());
-                if finished_ms < key_cutoff {
-                    keys.remove(key)?;
-                    compacted.delivery_keys += 1;
-                } else {
-                    retired.insert((finished_ms, id), key)?;
-                }
-                compacted.deliveries += 1;
+    let old: Vec<(u64, u64)> = store
+        .finished
+        .range(txn, None, (delivery_cutoff, 0))
+        .take(COMPACT_BATCH)
+        .map(|entry| entry.map(|(key, ())| key))
+        .collect::<Result<_>>()?;
+    for (finished_ms, id) in old {
+        store.finished.remove(txn, (finished_ms, id));
+        if let Some(json) = store.deliveries.take(txn, id)? {
+            let record: DeliveryRecord = parse(store.deliveries.name(), &json)?;
+            let key = (record.instance.as_str(), record.idempotency_key.as_str());
+            if finished_ms < key_cutoff {
+                store.keys.remove(txn, key);
+                compacted.delivery_keys += 1;
+            } else {
+                store.retired.insert(txn, (finished_ms, id), key);
             }
-        }
-        let expired: Vec<((u64, u64), (String, String))> = retired
-            .range(..(key_cutoff, 0))?
-            .take(COMPACT_BATCH)
-            .map(|entry| {
-                entry.map(|(at, key)| {
-                    let (instance, key) = key.value();
-                    (at.value(), (instance.to_string(), key.to_string()))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        for (at, (instance, key)) in expired {
-            retired.remove(at)?;
-            keys.remove((instance.as_str(), key.as_str()))?;
-            compacted.delivery_keys += 1;
+            compacted.deliveries += 1;
         }
     }
-    {
-        let Tables {
-            messages,
-            sims,
-            sent,
-            ..
-        } = tables;
-        let mut old = Vec::new();
-        for entry in messages.iter()?.take(COMPACT_BATCH) {
-            let (id, json) = entry?;
-            let observed: Observed<serde_json::Value> = parse(MESSAGES.name(), json.value())?;
-            if observed.at_ms >= message_cutoff {
+    let expired: Vec<((u64, u64), (String, String))> = store
+        .retired
+        .range(txn, None, (key_cutoff, 0))
+        .take(COMPACT_BATCH)
+        .collect::<Result<_>>()?;
+    for (at, (instance, key)) in expired {
+        store.retired.remove(txn, at);
+        store.keys.remove(txn, (instance.as_str(), key.as_str()));
+        compacted.delivery_keys += 1;
+    }
+    let mut old = Vec::new();
+    for entry in store.messages.iter(txn).take(COMPACT_BATCH) {
+        let (id, json) = entry?;
+        let observed: Observed<serde_json::Value> = parse(store.messages.name(), &json)?;
+        if observed.at_ms >= message_cutoff {
+            break;
+        }
+        old.push(id);
+    }
+    for id in old {
+        store.messages.remove(txn, id);
+        compacted.messages += 1;
+    }
+    let mut gone = Vec::new();
+    for entry in store.sims.iter(txn) {
+        let (key, json) = entry?;
+        let observed: Observed<serde_json::Value> = parse(store.sims.name(), &json)?;
+        if observed.at_ms < message_cutoff {
+            gone.push(key);
+        }
+    }
+    for (instance, sim) in gone {
+        store.sims.remove(txn, (instance.as_str(), sim.as_str()));
+        compacted.sims += 1;
+    }
+    let mut old = Vec::new();
+    for entry in store.sent.iter(txn) {
+        let (id, json) = entry?;
+        let record: SentMessage = parse(store.sent.name(), &json)?;
+        if record.updated_ms < message_cutoff {
+            old.push(id);
+            if old.len() == COMPACT_BATCH {
                 break;
             }
-            old.push(id.value());
         }
-        for id in old {
-            messages.remove(id)?;
-            compacted.messages += 1;
-        }
-        let mut gone = Vec::new();
-        for entry in sims.iter()? {
-            let (key, json) = entry?;
-            let observed: Observed<serde_json::Value> = parse(SIMS.name(), json.value())?;
-            if observed.at_ms < message_cutoff {
-                let (instance, sim) = key.value();
-                gone.push((instance.to_string(), sim.to_string()));
-            }
-        }
-        for (instance, sim) in gone {
-            sims.remove((instance.as_str(), sim.as_str()))?;
-            compacted.sims += 1;
-        }
-        let mut old = Vec::new();
-        for entry in sent.iter()? {
-            let (id, json) = entry?;
-            let record: SentMessage = parse(SENT.name(), json.value())?;
-            if record.updated_ms < message_cutoff {
-                old.push(id.value().to_string());
-                if old.len() == COMPACT_BATCH {
-                    break;
-                }
-            }
-        }
-        for id in old {
-            sent.remove(id.as_str())?;
-            compacted.sent += 1;
-        }
+    }
+    for id in old {
+        store.sent.remove(txn, id.as_str());
+        compacted.sent += 1;
     }
     Ok(compacted)
 }
@@ -1199,9 +928,8 @@ fn observe(
         return Ok(());
     }
     let Tables {
-        messages,
-        sims,
-        sent,
+        txn,
+        store,
         next_message,
         ..
     } = tables;
@@ -1222,23 +950,24 @@ fn observe(
         match event {
             Event::MessageReceived(message) => {
                 let record = observed(at_ms, instance, message_id, message)?;
-                messages.insert(*next_message, record.as_str())?;
+                store.messages.insert(txn, *next_message, &record);
                 *next_message += 1;
             }
             Event::SimStatusChanged(status) => {
                 let sim = sim_key(&status);
                 let record = observed(at_ms, instance, message_id, status)?;
-                sims.insert((instance, sim.as_str()), record.as_str())?;
+                store.sims.insert(txn, (instance, sim.as_str()), &record);
             }
             Event::DeliveryStatusChanged(status) => {
-                let known = sent
-                    .get(status.id.as_str())?
-                    .map(|json| parse::<SentMessage>(SENT.name(), json.value()))
+                let known = store
+                    .sent
+                    .get(txn, status.id.as_str())?
+                    .map(|json| parse::<SentMessage>(store.sent.name(), &json))
                     .transpose()?;
                 // Only the instance the SMS went to reports on it.
                 if let Some(mut record) = known.filter(|record| record.instance == instance) {
                     record.apply(&status, at_ms);
-                    sent.insert(status.id.as_str(), json(&record)?.as_str())?;
+                    store.sent.insert(txn, status.id.as_str(), &json(&record)?);
                 }
             }
             _ => {}
@@ -1365,49 +1094,50 @@ mod tests {
 
     /// The database's files as a crash would leave them now: what reached the page cache.
     fn crash_image(from: &Path) -> tempfile::TempDir {
-        let image = tempfile::tempdir().unwrap();
-        for file in ["simrelay.redb", "simrelay.log"] {
-            std::fs::copy(from.join(file), image.path().join(file)).unwrap();
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), target).unwrap();
+                }
+            }
         }
+        let image = tempfile::tempdir().unwrap();
+        copy(from, image.path());
         image
     }
 
     #[test]
-    fn a_crash_keeps_every_commit_acknowledged_and_applying_the_log_twice_changes_nothing() {
-        // An image taken before redb's next checkpoint: its log holds both batches.
-        let image = (0..50)
-            .find_map(|_| {
-                let dir = tempfile::tempdir().unwrap();
-                let db = Db::open(dir.path()).unwrap();
-                db.commit(commit(
-                    "a",
-                    &[("k", Some("1")), ("gone", Some("x"))],
-                    &["push/1"],
-                ))
-                .unwrap();
-                db.commit(commit(
-                    "a",
-                    &[("k", Some("2")), ("gone", None)],
-                    &["push/2"],
-                ))
-                .unwrap();
-                let image = crash_image(dir.path());
-                let (_, records) = log::Log::open(image.path(), None, None).unwrap();
-                (records.len() == 2).then_some(image)
-            })
-            .expect("a checkpoint came between the commits every time");
+    fn a_crash_keeps_every_commit_acknowledged_and_the_id_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        db.commit(commit(
+            "a",
+            &[("k", Some("1")), ("gone", Some("x"))],
+            &["push/1"],
+        ))
+        .unwrap();
+        db.commit(commit(
+            "a",
+            &[("k", Some("2")), ("gone", None)],
+            &["push/2"],
+        ))
+        .unwrap();
+        let image = crash_image(dir.path());
+        drop(db);
         let check = |db: &Db| {
             assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some(&b"2"[..]));
             assert_eq!(db.kv_get("a", "gone").unwrap(), None);
             let ids: Vec<_> = db.deliveries().unwrap().iter().map(|d| d.id).collect();
             assert_eq!(ids, [1, 2]);
         };
-        // Each open applies the log and commits durably; the log starts over only with the
-        // next batch, so the second open finds the same records, older than its database's
-        // checkpoint now, and skips them.
+        // Recovering twice from the same journal ends in the same state.
         for _ in 0..2 {
-            let db = Db::open(image.path()).unwrap();
-            check(&db);
+            check(&Db::open(image.path()).unwrap());
         }
         let db = Db::open(image.path()).unwrap();
         let next = db.commit(commit("a", &[], &["push/3"])).unwrap();
@@ -1418,67 +1148,18 @@ mod tests {
     }
 
     #[test]
-    fn a_log_is_not_applied_to_an_older_copy_of_its_database() {
-        let older = tempfile::tempdir().unwrap();
-        drop(Db::open(older.path()).unwrap());
-        let newer = crash_image(older.path());
-        {
-            // Opening checkpoints, so the commit is logged in a generation `older` lacks.
-            let db = Db::open(newer.path()).unwrap();
-            db.commit(commit("a", &[("k", Some("1"))], &[])).unwrap();
-            let image = crash_image(newer.path());
-            std::fs::copy(
-                image.path().join("simrelay.log"),
-                older.path().join("simrelay.log"),
-            )
-            .unwrap();
-            let reopened = Db::open(image.path()).unwrap();
-            assert_eq!(
-                reopened.kv_get("a", "k").unwrap().as_deref(),
-                Some(&b"1"[..]),
-                "with its own database the log applies"
-            );
-        }
-        let error = format!("{:#}", Db::open(older.path()).err().unwrap());
-        assert!(
-            error.contains("holds writes made after the last checkpoint of the database"),
-            "{error}"
-        );
-        // The way out the error names: the log moved away, the database opens as it was.
-        std::fs::remove_file(older.path().join("simrelay.log")).unwrap();
-        let db = Db::open(older.path()).unwrap();
-        assert_eq!(db.kv_get("a", "k").unwrap(), None);
-    }
-
-    #[test]
-    fn a_quiet_moment_makes_the_database_durable_without_the_log() {
+    fn a_database_of_a_newer_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        db.commit(commit("a", &[("k", Some("1"))], &[])).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        db.commit(commit("a", &[("k", Some("2"))], &[])).unwrap();
-        // The checkpoint follows the reply: look for it a while.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let redb_alone = tempfile::tempdir().unwrap();
-            std::fs::copy(
-                dir.path().join("simrelay.redb"),
-                redb_alone.path().join("simrelay.redb"),
-            )
-            .unwrap();
-            let value = Db::open(redb_alone.path())
-                .unwrap()
-                .kv_get("a", "k")
-                .unwrap();
-            if value.as_deref() == Some(&b"2"[..]) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint: {value:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let mut tables = Tables::begin(&db.store, &db.next_id).unwrap();
+            db.store
+                .counters
+                .insert(&mut tables.txn, "schema", SCHEMA + 1);
+            tables.commit(None).unwrap();
         }
+        let error = format!("{:#}", Db::open(dir.path()).err().unwrap());
+        assert!(error.contains("written by a newer simrelay"), "{error}");
     }
 
     #[test]
