@@ -83,6 +83,9 @@ async fn upgrades_and_a_rollback_under_load_lose_and_mix_up_nothing() {
         .wait_for(Duration::from_secs(10), |r| !r.is_empty())
         .await;
 
+    // (when the change took effect, the version that must answer after it), from before
+    // the first request is sent.
+    let mut swaps: Vec<(Instant, &str)> = vec![(Instant::now(), "1")];
     // The steady stream: four clients posting as fast as they are answered.
     let running = Arc::new(AtomicBool::new(true));
     let host = Arc::new(host);
@@ -100,8 +103,6 @@ async fn upgrades_and_a_rollback_under_load_lose_and_mix_up_nothing() {
         })
         .collect();
 
-    // (when the change took effect, the version that must answer after it)
-    let mut swaps: Vec<(Instant, &str)> = vec![(Instant::now(), "1")];
     let mut swap = |step: &str, expected: &'static str| {
         let out = match step {
             "rollback" => host.cli(&["plugin", "rollback", "echo"]),
