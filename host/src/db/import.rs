@@ -26,12 +26,14 @@ const LOG_MAGIC: &[u8; 16] = b"simrelay-log-v1\n";
 const LOG_RECORD_HEADER: usize = 16;
 /// The value length that marks a remove.
 const LOG_REMOVED: u32 = u32::MAX;
+/// The log's number for the counters table.
+const COUNTERS_ID: u8 = 11;
 /// Writes per store transaction while importing.
 const CHUNK: usize = 10_000;
 
 /// The redb tables, with the numbers the log gave them, and the store's table for each.
 macro_rules! earlier_tables {
-    ($store:expr, $($id:literal $name:literal $key:ty => $value:ty, $table:ident;)*) => {
+    ($store:expr, $($id:tt $name:literal $key:ty => $value:ty, $table:ident;)*) => {
         [$(&Earlier::<$key, $value, _, _> {
             id: $id,
             definition: TableDefinition::new($name),
@@ -45,6 +47,16 @@ pub(super) fn earlier_database(data_dir: &Path, store: &Store) -> Result<()> {
     let path = data_dir.join(DATABASE_FILE);
     if !path.exists() {
         return Ok(());
+    }
+    // Every open of the store records its layout after importing: a store that has one has
+    // run, and the earlier database beside it is older than what the store holds.
+    if store.counters.get(&store.db.read_tx(), "schema")?.is_some() {
+        anyhow::bail!(
+            "{} is beside a store that has already run ({}): importing it again would bring \
+             back older state. Move it away, or move the store away to import it afresh",
+            path.display(),
+            data_dir.join(super::STORE_DIR).display()
+        );
     }
     tracing::info!("importing {} into the store", path.display());
     let database = redb::Database::open(&path)
@@ -61,7 +73,7 @@ pub(super) fn earlier_database(data_dir: &Path, store: &Store) -> Result<()> {
         8 "messages" u64 => &str, messages;
         9 "sims" (&str, &str) => &str, sims;
         10 "sent_messages" &str => &str, sent;
-        11 "counters" &str => u64, counters;
+        COUNTERS_ID "counters" &str => u64, counters;
     ];
     let counter = |name: &str| -> Result<Option<u64>> {
         match redb.open_table(TableDefinition::<&str, u64>::new("counters")) {
@@ -72,8 +84,15 @@ pub(super) fn earlier_database(data_dir: &Path, store: &Store) -> Result<()> {
     };
     let records = log_records(data_dir, counter("log_generation")?)?;
     let mut writer = Writer::new(store);
-    for table in &tables {
+    // The counters are the store's own but for the two ids it continues from.
+    for table in tables.iter().filter(|table| table.id() != COUNTERS_ID) {
         table.copy(&redb, &mut writer)?;
+    }
+    for name in ["next_id", "next_message"] {
+        if let Some(value) = counter(name)? {
+            store.counters.insert(writer.txn(), name, value);
+            writer.wrote()?;
+        }
     }
     for record in &records {
         for (id, key, value) in decode(record)? {
@@ -104,9 +123,6 @@ pub(super) fn earlier_database(data_dir: &Path, store: &Store) -> Result<()> {
             writer.wrote()?;
         }
     }
-    // The store's own layout is not the earlier database's.
-    store.counters.remove(writer.txn(), "schema");
-    store.counters.remove(writer.txn(), "log_generation");
     let written = writer.finish()?;
     drop((redb, database));
     for file in [DATABASE_FILE, LOG_FILE] {
@@ -410,6 +426,15 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         assert_eq!(db.kv_get("a", "k").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(db.deliveries().unwrap().len(), 1);
+        drop(db);
+        // The earlier database put back beside a store that has run is not merged into it.
+        let imported = dir.path().join(format!("{DATABASE_FILE}.imported"));
+        std::fs::copy(&imported, dir.path().join(DATABASE_FILE)).unwrap();
+        let error = format!("{:#}", Db::open(dir.path()).err().unwrap());
+        assert!(
+            error.contains("beside a store that has already run"),
+            "{error}"
+        );
     }
 
     #[test]
