@@ -163,6 +163,26 @@ impl Host {
             .to_string()
     }
 
+    /// Waits until `instance` has a delivery recorded as delivered: its result handled by
+    /// the plugin and committed, so the instance is idle again.
+    pub async fn wait_for_delivered(&self, instance: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let path = format!("/v1/deliveries?instance={instance}&state=delivered");
+        while self
+            .admin(reqwest::Method::GET, &path, None)
+            .await
+            .1
+            .as_array()
+            .is_none_or(|delivered| delivered.is_empty())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no delivery of {instance} was recorded as delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Calls the operator API; returns the status and the JSON answer.
     pub async fn admin(
         &self,

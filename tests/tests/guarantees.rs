@@ -122,24 +122,8 @@ async fn a_queued_event_is_handled_early_and_its_push_waits_for_its_cause() {
     smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
     // Its success is durable before the disk fails: else it would be pushed again, as the
     // README allows for a crash between a provider's SUCCESS and our commit.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host
-        .admin(
-            reqwest::Method::GET,
-            "/v1/deliveries?instance=smsbower&state=delivered",
-            None,
-        )
-        .await
-        .1
-        .as_array()
-        .is_none_or(|delivered| delivered.is_empty())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the push was not recorded as delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    host.wait_for_delivered("smsbower", Duration::from_secs(10))
+        .await;
 
     // A disk that fails: the event is handled, its push never goes out.
     std::fs::write(&faults, "sync-delay-ms=1000 fail-sync").unwrap();

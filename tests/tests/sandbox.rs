@@ -143,6 +143,9 @@ async fn an_event_a_plugin_fails_on_stays_queued_and_others_still_get_it() {
     );
     // An idle consumer gets its event at once, in the webhook's own commit; the failed one
     // waits for its retry in the queue, and a later event waits behind it, in order.
+    // SmsBower is idle once its push's result is handled.
+    host.wait_for_delivered("smsbower", Duration::from_secs(10))
+        .await;
     let fine = bank_sms(1700000001, "ZmluZQ==");
     assert_eq!(post_ejoin(&host, EJOIN_KEY, &fine).await.0, 200);
     smsbower.wait_for_pushes(Duration::from_secs(10), 2).await;
