@@ -248,10 +248,11 @@ fn log_records(data_dir: &Path, checkpointed: Option<u64>) -> Result<Vec<Vec<u8>
     };
     let size = file.metadata()?.len();
     let mut magic = [0u8; LOG_MAGIC.len()];
-    if size < LOG_MAGIC.len() as u64 || {
-        file.read_exact_at(&mut magic, 0)?;
-        &magic != LOG_MAGIC
-    } {
+    if size < LOG_MAGIC.len() as u64 {
+        return Ok(Vec::new());
+    }
+    file.read_exact_at(&mut magic, 0)?;
+    if &magic != LOG_MAGIC {
         return Ok(Vec::new());
     }
     let mut bodies = Vec::new();

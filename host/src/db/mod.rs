@@ -106,13 +106,13 @@ impl Store {
         })
     }
 
-    fn read_one<T: DeserializeOwned>(
+    fn read_one<K: store::Codec, T: DeserializeOwned>(
         &self,
-        table: &Table<U64, Text>,
-        id: u64,
+        table: &Table<K, Text>,
+        key: K::In<'_>,
     ) -> Result<Option<T>> {
         table
-            .get(&self.db.read_tx(), id)?
+            .get(&self.db.read_tx(), key)?
             .map(|json| parse(table.name(), &json))
             .transpose()
     }
@@ -645,11 +645,7 @@ impl Db {
 
     /// A send API record, by its id.
     pub fn sent_message(&self, id: &str) -> Result<Option<SentMessage>> {
-        let table = &self.store.sent;
-        table
-            .get(&self.store.db.read_tx(), id)?
-            .map(|json| parse(table.name(), &json))
-            .transpose()
+        self.store.read_one(&self.store.sent, id)
     }
 
     /// The latest messages plugins reported, newest first.
@@ -845,7 +841,7 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
     let mut compacted = Compacted::default();
     let old: Vec<(u64, u64)> = store
         .finished
-        .range(txn, None, (delivery_cutoff, 0))
+        .before(txn, (delivery_cutoff, 0))
         .take(COMPACT_BATCH)
         .map(|entry| entry.map(|(key, ())| key))
         .collect::<Result<_>>()?;
@@ -865,7 +861,7 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
     }
     let expired: Vec<((u64, u64), (String, String))> = store
         .retired
-        .range(txn, None, (key_cutoff, 0))
+        .before(txn, (key_cutoff, 0))
         .take(COMPACT_BATCH)
         .collect::<Result<_>>()?;
     for (at, (instance, key)) in expired {

@@ -222,17 +222,16 @@ impl<K: Codec, V: Codec> Table<K, V> {
         self.entries(reader.iter(&self.keyspace))
     }
 
-    /// The entries from `start` (inclusive) to `end` (exclusive).
-    pub fn range(
+    /// The entries before `end`, in key order.
+    pub fn before(
         &self,
         reader: &impl Readable,
-        start: Option<K::In<'_>>,
         end: K::In<'_>,
     ) -> impl DoubleEndedIterator<Item = Result<(K::Out, V::Out)>> + '_ {
-        let start = start.map_or(Bound::Unbounded, |start| {
-            Bound::Included(encoded::<K>(start))
-        });
-        self.range_bytes(reader, (start, Bound::Excluded(encoded::<K>(end))))
+        self.range_bytes(
+            reader,
+            (Bound::Unbounded, Bound::Excluded(encoded::<K>(end))),
+        )
     }
 
     /// The entries between encoded bounds, as [`TextPair::bounds`] gives them.
