@@ -232,7 +232,8 @@ async fn attempt(
                 Err(error) => DeliveryOutcome::TransportError(error),
             };
             drop(permit);
-            crate::block_here(|| {
+            let _turn = instance.turn.lock().await;
+            crate::worker::call_here(|| {
                 span.in_scope(|| relay.submit_response(&instance, record, outcome))
             })
             .map_err(anyhow::Error::msg)?

@@ -64,8 +64,11 @@ impl StoreState {
     }
 
     /// Waits for the calls using this store before; the guard owns its hold on the lock.
+    /// A wait on an async worker lets the worker's other tasks go on elsewhere.
     pub fn lock(&self) -> StoreGuard {
-        self.lock.lock_arc()
+        self.lock
+            .try_lock_arc()
+            .unwrap_or_else(|| crate::worker::off_worker(|| self.lock.lock_arc()))
     }
 
     /// The lock, if no call holds it.

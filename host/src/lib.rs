@@ -25,25 +25,9 @@ pub mod relay;
 pub mod runtime;
 pub mod send;
 pub mod server;
+pub mod worker;
 
 pub use simrelay_core::model;
-
-/// Runs blocking work (a plugin call and the queueing of its outcome) on this worker
-/// thread, after tokio has handed the thread's other tasks to another: cheaper than a trip
-/// to the blocking pool and back. A panic comes back as its message. Needs the
-/// multi-thread runtime.
-pub fn block_here<R>(work: impl FnOnce() -> R) -> Result<R, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        tokio::task::block_in_place(work)
-    }))
-    .map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into())
-    })
-}
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

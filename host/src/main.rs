@@ -142,8 +142,8 @@ fn serve(
     Deployer::effective_config(&mut config, &data_dir)?;
     let loaded = Relay::load(&config, &data_dir)?;
 
-    // Plugin calls (`block_here`), ticks, retention and operator work each hold a thread of
-    // the blocking pool while they run. More threads than that only queue on the same
+    // Batches of queued events and plugin calls found running long (`worker`), ticks,
+    // retention and operator work each hold a thread of the blocking pool while they run. More threads than that only queue on the same
     // instance locks and the committer, and take CPU from it in thread switches: at 2,600
     // SMS/s, 64 allowed grew to 49 threads, 8 keep 15, and webhooks are acknowledged faster
     // (BENCHMARKS.md, fourth pass).

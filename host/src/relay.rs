@@ -123,6 +123,10 @@ pub struct Instance {
     /// is queued, before it is durable, so the worker need not wait for the disk nor read
     /// them back. Their outcomes commit after their cause, so are never durable before it.
     arrived: Mutex<HashMap<u64, QueuedEvent>>,
+    /// Taken by a task before it calls the plugin on its async worker ([`crate::worker::call_here`]),
+    /// so that tasks for the same instance wait their turn parked, not blocking a worker on
+    /// the instance's store lock.
+    pub turn: tokio::sync::Mutex<()>,
     removed: AtomicBool,
     stop: Notify,
 }
@@ -675,6 +679,7 @@ impl Relay {
             active: RwLock::new(Arc::new(active)),
             events: DueQueue::default(),
             arrived: Mutex::default(),
+            turn: tokio::sync::Mutex::default(),
             removed: AtomicBool::new(false),
             stop: Notify::new(),
         });
@@ -1357,7 +1362,7 @@ pub fn spawn_instance_workers(relay: &Arc<Relay>, instance: &Arc<Instance>) {
             };
             // A backlog is worked through a batch at a time on one thread: one event per turn
             // would get this worker a turn as often as each webhook, and never catch up.
-            let submitted = crate::block_here(|| {
+            let submitted = crate::worker::block_here(|| {
                 ids.iter()
                     .filter_map(|id| {
                         // A host bug on one event leaves it for a restart; the rest go on,

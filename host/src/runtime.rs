@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, types::ComponentItem};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
-    Trap,
+    Trap, UpdateDeadline,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -41,6 +41,7 @@ use crate::abi::{self, Adapter, AdapterPre, Input, Output};
 use crate::config::Limits;
 use crate::kv::{self, KvOverlay};
 use crate::model::{CallContext, Descriptor};
+use crate::worker::IoTable;
 
 /// How often the deadline clock ticks; call deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -53,6 +54,10 @@ pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
+    /// Epoch ticks the call may still run before it is interrupted.
+    ticks_left: u64,
+    /// Epoch ticks seen since the call began.
+    ticks_seen: u64,
 }
 
 impl WasiView for CallState {
@@ -203,9 +208,25 @@ impl Sandbox {
                 size: 0,
                 exceeded: false,
             },
+            ticks_left: 0,
+            ticks_seen: 0,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
+            let Some(left) = state.ticks_left.checked_sub(1) else {
+                return Ok(UpdateDeadline::Interrupt);
+            };
+            state.ticks_left = left;
+            state.ticks_seen += 1;
+            // The first tick may come just after the call began; the second means it has
+            // run a whole tick, far past the usual tens of microseconds.
+            if state.ticks_seen == 2 {
+                crate::worker::hand_on();
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
         Sandbox {
             store,
             adapter: None,
@@ -354,6 +375,8 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        crate::worker::add_io_to_linker(&mut linker, |state| IoTable(&mut state.table))
+            .map_err(anyhow::Error::from)?;
         kv::bindings::Imports::add_to_linker::<_, HasSelf<KvOverlay>>(&mut linker, |state| {
             &mut state.kv
         })
@@ -556,7 +579,9 @@ impl Runtime {
         state.kv = kv;
         state.limits.cap = limits.memory_mb << 20;
         let ticks = limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
-        sandbox.store.set_epoch_deadline(ticks.max(1) + 1);
+        state.ticks_left = ticks.max(1);
+        state.ticks_seen = 0;
+        sandbox.store.set_epoch_deadline(1);
 
         let adapter = match sandbox.adapter.take() {
             Some(adapter) => Ok(adapter),

@@ -333,9 +333,11 @@ pub async fn webhook(
         body,
     };
     let instance_name = instance.name.clone();
-    let called = crate::block_here(|| {
+    let turn = instance.turn.lock().await;
+    let called = crate::worker::call_here(|| {
         span.in_scope(|| relay.call_webhook(&instance, &message_id, &request))
     });
+    drop(turn);
     drop(reserved);
     let answered = match called {
         Ok(Ok((answer, submitted))) => submitted

@@ -1,6 +1,7 @@
 //! A plugin that traps, loops, exhausts memory or leaks a secret fails that call only, with
 //! a clear error; the host and its other plugins keep working.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -324,4 +325,52 @@ instance = "bob"
         (200, json!("bob's secret")),
         "bob's instance lost nothing"
     );
+}
+
+/// Plugin calls run on the host's async workers. Two instances looping at once, as many as
+/// the test machine has cores, still leave the host serving: a call found running long
+/// hands its worker's other work to another thread, so a gateway's webhook is answered
+/// while both loops still run.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_looping_at_once_do_not_stall_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let smsbower = MockProvider::accepting().await;
+    let plugin = plugin_path("misbehaving");
+    let mut config = ejoin_to_smsbower_config(&smsbower.base_url, 1);
+    for name in ["alice", "bob"] {
+        config += &format!(
+            r#"
+[instances.{name}]
+plugin = "{plugin}"
+limits = {{ timeout_ms = 3000 }}
+
+[[routes]]
+path = "/{name}/{{how}}"
+instance = "{name}"
+"#,
+            plugin = plugin.display()
+        );
+    }
+    let host = Arc::new(Host::start(dir.path(), &config).await);
+    open_sample_activation(&host).await;
+
+    let loops: Vec<_> = ["alice", "bob"]
+        .into_iter()
+        .map(|name| {
+            let host = host.clone();
+            tokio::spawn(async move { ask(&host, name, "loop", "").await.0 })
+        })
+        .collect();
+    // Time for both calls to get under way; they run for seconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = post_ejoin(&host, EJOIN_KEY, RECV_SMS_SAMPLE).await;
+    assert_eq!(status, 200);
+    assert!(
+        loops.iter().all(|call| !call.is_finished()),
+        "the webhook was answered only after the loops ended"
+    );
+    for call in loops {
+        assert_eq!(call.await.unwrap(), 500);
+    }
+    smsbower.wait_for_pushes(Duration::from_secs(10), 1).await;
 }
