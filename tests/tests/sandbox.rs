@@ -75,6 +75,12 @@ instance = "misbehaving"
         "{error}"
     );
 
+    // A plugin may wait (here on a clock): the call waits off the host's async worker.
+    assert_eq!(
+        misbehave(&host, "sleep").await,
+        (200, json!({ "message": "slept" }))
+    );
+
     // The same plugin still serves, and so does the rest of the host.
     assert_eq!(
         misbehave(&host, "behave").await,
