@@ -1,4 +1,4 @@
-//! Blocking work on behalf of async tasks: plugin calls, store locks, the commit queue.
+//! Blocking work on behalf of async tasks: plugin calls, and what they wait for.
 //!
 //! A plugin call takes tens of microseconds, less than the thread switch of moving it to
 //! another thread, so [`call_here`] runs it on the async worker itself. What turns out
@@ -55,7 +55,7 @@ fn catch_panic<R>(work: impl FnOnce() -> R) -> Result<R, String> {
 
 /// Whether [`off_worker`] would hand the worker on: inside [`call_here`], on the
 /// multi-thread runtime.
-pub fn on_worker() -> bool {
+fn on_worker() -> bool {
     ON_WORKER.get()
         && tokio::runtime::Handle::try_current().is_ok_and(|handle| {
             handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
