@@ -6,6 +6,7 @@
 //! `pushed@…` indexes them by time) and `counter/sms`.
 
 use serde::{Deserialize, Serialize};
+use simrelay_sdk::dedupe::CATCH_UP;
 use simrelay_sdk::phone::international_digits;
 use simrelay_sdk::{
     CallContext, Delivery, DeliveryOutcome, Effects, ExpiryIndex, KeyValue, MessageKind,
@@ -132,7 +133,12 @@ pub fn on_message<D: Dialect>(
         at_ms: ctx.now_ms,
     };
     save(own, &message.id, &record)?;
-    ExpiryIndex::new(own, PUSHED_INDEX).add(ctx.now_ms, &message.id)?;
+    let index = ExpiryIndex::new(own, PUSHED_INDEX);
+    index.add(ctx.now_ms, &message.id)?;
+    // Ticks forget a bounded number at a time; a busier relay catches up here.
+    if index.is_behind()? {
+        forget(own, ctx.now_ms, settings.forget_after_ms, CATCH_UP)?;
+    }
     Ok(Effects {
         events: Vec::new(),
         deliveries: vec![Delivery {

@@ -1282,3 +1282,32 @@ fn ticks_forget_pushes_and_ended_activations_after_their_window() {
     // A finish after that no longer finds the activation.
     assert_eq!(finish(&market, &farm, &reply["activationId"], 3).0, 404);
 }
+
+/// A tick forgets at most `FORGET_LIMIT` push records; a relay pushing more than that per
+/// tick interval would keep them all. Once a tick falls behind, each push forgets a few too.
+#[test]
+fn pushes_faster_than_ticks_forget_are_caught_up_by_later_pushes() {
+    let farm = farm();
+    let mut market = instance("bower", &[("forget_after_secs", "60")]);
+    get_number(&market, &farm, json!({"operator": "mts"}));
+    let push = |market: &Instance<Plain>, n: usize| {
+        let message = sms(&format!("m{n}"), "79001000001", "x");
+        assert_eq!(
+            pushes(market.event(&farm, Event::MessageReceived(message))).len(),
+            1
+        );
+    };
+    let backlog = 3 * super::FORGET_LIMIT;
+    for n in 0..backlog {
+        push(market.at(T0 + n as u64), n);
+    }
+    market.at(T0 + 120_000).tick();
+    let records = |market: &Instance<Plain>| market.own.keys("sms/").unwrap().len();
+    assert_eq!(records(&market), backlog - super::FORGET_LIMIT);
+    // Each later push forgets up to `CATCH_UP` expired records, oldest first.
+    let later = backlog / 2;
+    for n in backlog..backlog + later {
+        push(market.at(T0 + 120_000 + n as u64), n);
+    }
+    assert_eq!(records(&market), later, "only the later pushes are kept");
+}

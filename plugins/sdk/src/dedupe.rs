@@ -73,10 +73,19 @@ impl std::io::Write for Fingerprint {
 /// most: a short window waits half of it, so nothing outlives its window by much.
 const SWEEP_PAUSE_MS: u64 = 60_000;
 
+/// How many expired entries an insert also deletes while an index is behind (its last sweep
+/// deleted all it was allowed to): more than one, so that expiry catches up with inserts at
+/// any rate, however seldom the instance ticks. See [`ExpiryIndex::is_behind`].
+pub const CATCH_UP: usize = 4;
+
+/// What `p@next` holds while the index is behind: a sweep is due at once.
+const BEHIND: u64 = 0;
+
 /// Ids indexed by the time they were recorded, so that what expires with them is found by
 /// listing keys, without reading every value. Under a prefix `p`:
 /// - `p@/<recorded at, 20 digits>/<id>` → empty;
-/// - `p@next` → when the next sweep is due, decimal milliseconds.
+/// - `p@next` → when the next sweep is due, decimal milliseconds; 0 while the index is
+///   behind.
 ///
 /// Whatever the index stands for (a mark, a record) lives elsewhere: [`ExpiryIndex::sweep`]
 /// hands each expired id to its caller to delete.
@@ -105,9 +114,17 @@ impl<'a> ExpiryIndex<'a> {
             .set(&format!("{}{at_ms:020}/{id}", self.entries_prefix()), b"")
     }
 
+    /// Whether the last sweep deleted all it was allowed to, so more may have expired: then
+    /// each insert should also sweep [`CATCH_UP`] entries. One read; the index is listed
+    /// only while it is behind, which matters on stores that list every key (Spin's).
+    pub fn is_behind(&self) -> Result<bool, String> {
+        Ok(self.kv.get(&self.next_sweep_key())?.as_deref() == Some(BEHIND.to_string().as_bytes()))
+    }
+
     /// Hands at most `limit` entries older than `window_ms`, oldest first, to
-    /// `expire(id, recorded_at_ms)`, deletes them and returns how many. Lists the index only when a sweep is due: right
-    /// after a sweep that hit `limit`, else a pause after the last.
+    /// `expire(id, recorded_at_ms)`, deletes them and returns how many. Lists the index only
+    /// when a sweep is due: while it is behind (the last sweep hit its limit), else a pause
+    /// after the last.
     pub fn sweep(
         &self,
         now_ms: u64,
@@ -147,7 +164,7 @@ impl<'a> ExpiryIndex<'a> {
             expired += 1;
         }
         let next = if expired == limit {
-            now_ms
+            BEHIND
         } else {
             now_ms.saturating_add(SWEEP_PAUSE_MS.min(window_ms / 2))
         };
@@ -196,11 +213,17 @@ impl<'a> MarkOnce<'a> {
         Ok(self.marked_at(id, now_ms)?.is_some())
     }
 
-    /// Marks `id` at `now_ms`, live or not before.
+    /// Marks `id` at `now_ms`, live or not before; deletes a few expired marks while the
+    /// index is behind.
     pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
         self.kv
             .set(&self.mark_key(id), now_ms.to_string().as_bytes())?;
-        self.index().add(now_ms, id)
+        let index = self.index();
+        index.add(now_ms, id)?;
+        if index.is_behind()? {
+            self.sweep(now_ms, CATCH_UP)?;
+        }
+        Ok(())
     }
 
     /// `true` the first time `id` is seen within the window, and marks it; `false` while an
@@ -298,6 +321,30 @@ mod tests {
 
         assert_eq!(seen.sweep(3 * HOUR, 10).unwrap(), 2);
         assert_eq!(kv.keys("seen").unwrap(), ["seen@next"]);
+    }
+
+    /// Ticks sweep a bounded number of marks; marking faster than that would grow the store
+    /// without end. Once a tick's sweep hits its limit, each new mark deletes a few expired
+    /// ones too, until the index has caught up.
+    #[test]
+    fn marks_made_faster_than_ticks_sweep_are_caught_up_by_later_marks() {
+        const WINDOW: u64 = 500;
+        const TICK: u64 = 1_000;
+        const TICK_LIMIT: usize = 10;
+        let kv = MemoryStore::default();
+        let seen = MarkOnce::new(&kv, "seen", WINDOW);
+        for now in 0..6_000 {
+            seen.mark(&format!("id{now}"), now).unwrap();
+            if now % TICK == TICK - 1 {
+                seen.sweep(now, TICK_LIMIT).unwrap();
+            }
+        }
+        let marks = kv.first_keys("seen/", usize::MAX).unwrap().len() as u64;
+        // Live marks, plus what expired since the last tick: the ticks alone would have
+        // left about 5,940.
+        assert!(marks <= WINDOW + TICK, "{marks} marks");
+        assert!(seen.is_marked("id5999", 5_999).unwrap());
+        assert!(!kv.exists("seen/id3000").unwrap());
     }
 
     #[test]
