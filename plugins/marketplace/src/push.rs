@@ -136,7 +136,7 @@ pub fn on_message<D: Dialect>(
     let index = ExpiryIndex::new(own, PUSHED_INDEX);
     index.add(ctx.now_ms, &message.id)?;
     // Ticks forget a bounded number at a time; a busier relay catches up here.
-    if index.is_behind()? {
+    if index.catch_up_on(&message.id)? {
         forget(own, ctx.now_ms, settings.forget_after_ms, CATCH_UP)?;
     }
     Ok(Effects {

@@ -1284,7 +1284,7 @@ fn ticks_forget_pushes_and_ended_activations_after_their_window() {
 }
 
 /// A tick forgets at most `FORGET_LIMIT` push records; a relay pushing more than that per
-/// tick interval would keep them all. Once a tick falls behind, each push forgets a few too.
+/// tick interval would keep them all. Once a tick falls behind, pushes forget some too.
 #[test]
 fn pushes_faster_than_ticks_forget_are_caught_up_by_later_pushes() {
     let farm = farm();
@@ -1304,7 +1304,7 @@ fn pushes_faster_than_ticks_forget_are_caught_up_by_later_pushes() {
     market.at(T0 + 120_000).tick();
     let records = |market: &Instance<Plain>| market.own.keys("sms/").unwrap().len();
     assert_eq!(records(&market), backlog - super::FORGET_LIMIT);
-    // Each later push forgets up to `CATCH_UP` expired records, oldest first.
+    // Later pushes forget expired records, oldest first, until none is left.
     let later = backlog / 2;
     for n in backlog..backlog + later {
         push(market.at(T0 + 120_000 + n as u64), n);

@@ -73,10 +73,14 @@ impl std::io::Write for Fingerprint {
 /// most: a short window waits half of it, so nothing outlives its window by much.
 const SWEEP_PAUSE_MS: u64 = 60_000;
 
-/// How many expired entries an insert also deletes while an index is behind (its last sweep
-/// deleted all it was allowed to): more than one, so that expiry catches up with inserts at
-/// any rate, however seldom the instance ticks. See [`ExpiryIndex::is_behind`].
-pub const CATCH_UP: usize = 4;
+/// One insert in this many (by the hash of its id, so without a read) checks whether its
+/// index is behind, i.e. its last sweep deleted all it was allowed to.
+const CATCH_UP_EVERY: u64 = 16;
+
+/// How many expired entries such an insert then deletes: twice the inserts it stands for,
+/// so that expiry catches up with inserts at any rate, however seldom the instance ticks.
+/// See [`ExpiryIndex::catch_up_on`].
+pub const CATCH_UP: usize = 32;
 
 /// What `p@next` holds while the index is behind: a sweep is due at once.
 const BEHIND: u64 = 0;
@@ -114,10 +118,14 @@ impl<'a> ExpiryIndex<'a> {
             .set(&format!("{}{at_ms:020}/{id}", self.entries_prefix()), b"")
     }
 
-    /// Whether the last sweep deleted all it was allowed to, so more may have expired: then
-    /// each insert should also sweep [`CATCH_UP`] entries. One read; the index is listed
-    /// only while it is behind, which matters on stores that list every key (Spin's).
-    pub fn is_behind(&self) -> Result<bool, String> {
+    /// Whether inserting `id` should also sweep [`CATCH_UP`] entries: for one id in
+    /// [`CATCH_UP_EVERY`], with one read, when the last sweep deleted all it was allowed to
+    /// and more may have expired. The index is listed only while it is behind, which
+    /// matters on stores that list every key (Spin's).
+    pub fn catch_up_on(&self, id: &str) -> Result<bool, String> {
+        if Fingerprint::default().field(id.as_bytes()).0 % CATCH_UP_EVERY != 0 {
+            return Ok(false);
+        }
         Ok(self.kv.get(&self.next_sweep_key())?.as_deref() == Some(BEHIND.to_string().as_bytes()))
     }
 
@@ -213,14 +221,14 @@ impl<'a> MarkOnce<'a> {
         Ok(self.marked_at(id, now_ms)?.is_some())
     }
 
-    /// Marks `id` at `now_ms`, live or not before; deletes a few expired marks while the
-    /// index is behind.
+    /// Marks `id` at `now_ms`, live or not before; now and then deletes expired marks while
+    /// the index is behind.
     pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
         self.kv
             .set(&self.mark_key(id), now_ms.to_string().as_bytes())?;
         let index = self.index();
         index.add(now_ms, id)?;
-        if index.is_behind()? {
+        if index.catch_up_on(id)? {
             self.sweep(now_ms, CATCH_UP)?;
         }
         Ok(())
