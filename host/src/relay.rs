@@ -123,9 +123,9 @@ pub struct Instance {
     /// is queued, before it is durable, so the worker need not wait for the disk nor read
     /// them back. Their outcomes commit after their cause, so are never durable before it.
     arrived: Mutex<HashMap<u64, QueuedEvent>>,
-    /// Taken by a task before it calls the plugin on its async worker ([`crate::worker::call_here`]),
-    /// so that tasks for the same instance wait their turn parked, not blocking a worker on
-    /// the instance's store lock.
+    /// Taken by a task before it calls the plugin on its async worker
+    /// ([`crate::worker::call_here`]), so that tasks for the same instance wait their turn
+    /// parked, not blocking a worker on the instance's store lock.
     pub turn: tokio::sync::Mutex<()>,
     removed: AtomicBool,
     stop: Notify,
