@@ -2,9 +2,9 @@
 //!
 //! A plugin call takes tens of microseconds, less than the thread switch of moving it to
 //! another thread, so [`call_here`] runs it on the async worker itself. What turns out
-//! long there (a plugin running past an epoch tick, a wait for a store lock, a WASI call
-//! that must wait) goes through [`off_worker`], which first has tokio hand the worker's
-//! other tasks to another thread.
+//! long there first has tokio hand the worker's other tasks to another thread: a plugin
+//! running past an epoch tick ([`hand_on`]), a wait for a store lock or a WASI call that
+//! must wait ([`off_worker`]).
 
 use std::cell::Cell;
 use std::future::Future;

@@ -332,8 +332,8 @@ mod tests {
     }
 
     /// Ticks sweep a bounded number of marks; marking faster than that would grow the store
-    /// without end. Once a tick's sweep hits its limit, each new mark deletes a few expired
-    /// ones too, until the index has caught up.
+    /// without end. Once a tick's sweep hits its limit, new marks delete expired ones too,
+    /// until the index has caught up.
     #[test]
     fn marks_made_faster_than_ticks_sweep_are_caught_up_by_later_marks() {
         const WINDOW: u64 = 500;
