@@ -36,6 +36,14 @@ impl DeliveryState {
             DeliveryState::Dead { .. } => "dead",
         }
     }
+
+    /// When the delivery finished, delivered or dead.
+    pub fn finished_at(&self) -> Option<u64> {
+        match self {
+            DeliveryState::Pending { .. } => None,
+            DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => Some(*at_ms),
+        }
+    }
 }
 
 /// How the waits between attempts grow when the plugin leaves the timing to the host.

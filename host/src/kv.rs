@@ -231,16 +231,12 @@ impl KvOverlay {
     }
 
     /// Takes the call's snapshot of committed state, unless it has one or sees no state.
-    fn take_snapshot(&mut self) -> Result<(), store::Error> {
+    fn take_snapshot(&mut self) {
         if self.snapshot.is_none()
             && let Some(db) = &self.db
         {
-            let snapshot = db
-                .kv_snapshot()
-                .map_err(|error| store::Error::Other(error.to_string()))?;
-            self.snapshot = Some(snapshot);
+            self.snapshot = Some(db.kv_snapshot());
         }
-        Ok(())
     }
 
     fn read_committed(
@@ -251,7 +247,7 @@ impl KvOverlay {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.take_snapshot()?;
+        self.take_snapshot();
         match &self.snapshot {
             Some(snapshot) => snapshot
                 .get_many(&self.stores[store].label, keys)
@@ -268,7 +264,7 @@ impl KvOverlay {
         store: usize,
         cursor: Option<&str>,
     ) -> Result<store::KeyResponse, store::Error> {
-        self.take_snapshot()?;
+        self.take_snapshot();
         let view = &self.stores[store];
         let (committed, complete) = match &self.snapshot {
             Some(snapshot) => snapshot

@@ -800,6 +800,7 @@ impl Relay {
         };
         let id = record.id;
         let message_id = record.message_id.clone();
+        let replaced_finished_at = record.state.finished_at();
         let mut retry_at = None;
         let mut health = None;
         let (_, submitted) = self.submit(
@@ -841,7 +842,10 @@ impl Relay {
                     record.last_result.clone(),
                     crate::delivery::destination(&record.request.url),
                 ));
-                Consumed::DeliveryUpdated(record)
+                Consumed::DeliveryUpdated {
+                    record,
+                    replaced_finished_at,
+                }
             },
         );
         let alerts = health.and_then(|(failed, last_error, destination)| {
@@ -919,13 +923,17 @@ impl Relay {
         let now = crate::now_ms();
         let id = record.id;
         let message_id = record.message_id.clone();
+        let replaced_finished_at = record.state.finished_at();
         let record = decide::refused(record, reason, now);
         let (_, guards) = instance.lock();
         let commit = Commit {
             instance: instance.name.clone(),
             message_id,
             now_ms: now,
-            consumed: Consumed::DeliveryUpdated(record),
+            consumed: Consumed::DeliveryUpdated {
+                record,
+                replaced_finished_at,
+            },
             ..Default::default()
         };
         let submitted = self.queue_commit(vec![(commit, Vec::new())], guards);
@@ -980,9 +988,9 @@ impl Relay {
             .db
             .delivery(id)?
             .with_context(|| format!("no delivery {id}"))?;
-        if matches!(record.state, DeliveryState::Pending { .. }) {
+        let Some(replaced_finished_at) = record.state.finished_at() else {
             return Ok(record);
-        }
+        };
         record.history.push(simrelay_core::relay::AttemptLog {
             attempt: record.attempts,
             at_ms: now,
@@ -996,7 +1004,10 @@ impl Relay {
             instance: record.instance.clone(),
             message_id: record.message_id.clone(),
             now_ms: now,
-            consumed: Consumed::DeliveryUpdated(record.clone()),
+            consumed: Consumed::DeliveryUpdated {
+                record: record.clone(),
+                replaced_finished_at: Some(replaced_finished_at),
+            },
             ..Default::default()
         };
         self.db.submit(commit).wait()?;

@@ -13,6 +13,7 @@
 
 mod faults;
 mod import;
+mod kv_cache;
 mod store;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::kv::KvWrites;
 use crate::model::{Event, OutgoingRequest};
 use crate::send::SentMessage;
+use kv_cache::KvCache;
 use simrelay_core::relay::{DeliveryRecord, QueuedEvent};
 use simrelay_core::retry::DeliveryState;
 use store::{Bytes, Table, Text, TextPair, U64, U64Pair, Unit, WriteTxn};
@@ -128,15 +130,39 @@ impl Store {
 /// A read snapshot of the key-value table: see [`Db::kv_snapshot`].
 pub struct KvSnapshot {
     store: Arc<Store>,
-    snapshot: fjall::Snapshot,
+    cache: Arc<KvCache>,
+    /// The store's snapshot, taken at the first read the cache cannot answer, with the
+    /// cache's generation just before.
+    taken: std::cell::OnceCell<(u64, fjall::Snapshot)>,
 }
 
 impl KvSnapshot {
-    /// The label's values of `keys`, in order.
+    /// The label's values of `keys`, in order. Entries the cache holds are the latest
+    /// committed values, which for a call are the snapshot's: the only writes to its stores
+    /// committed while it runs are those of calls before it, which it reads from their
+    /// unflushed layers ([`crate::kv`]).
     pub fn get_many(&self, label: &str, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        keys.iter()
-            .map(|key| self.store.kv.get(&self.snapshot, (label, *key)))
-            .collect()
+        let mut values = self.cache.get_many(label, keys);
+        let mut read = Vec::new();
+        for (key, value) in keys.iter().zip(&mut values) {
+            if value.is_none() {
+                let stored = self.store.kv.get(self.snapshot(), (label, *key))?;
+                read.push((*key, stored.clone()));
+                *value = Some(stored);
+            }
+        }
+        if let Some((generation, _)) = self.taken.get() {
+            let read = read.iter().map(|(key, value)| (*key, value));
+            self.cache.fill(*generation, label, read);
+        }
+        Ok(values.into_iter().map(Option::flatten).collect())
+    }
+
+    fn snapshot(&self) -> &fjall::Snapshot {
+        &self
+            .taken
+            .get_or_init(|| (self.cache.generation(), self.store.db.read_tx()))
+            .1
     }
 
     /// At most `limit` of the label's keys after `cursor` (from the first when `None`), in
@@ -149,7 +175,7 @@ impl KvSnapshot {
     ) -> Result<(Vec<String>, bool)> {
         let mut keys = Vec::new();
         let bounds = TextPair::bounds(label, cursor);
-        for entry in self.store.kv.range_bytes(&self.snapshot, bounds) {
+        for entry in self.store.kv.range_bytes(self.snapshot(), bounds) {
             if keys.len() == limit {
                 return Ok((keys, false));
             }
@@ -253,7 +279,12 @@ pub enum Consumed {
     Nothing,
     EventHandled(u64),
     EventFailed(QueuedEvent),
-    DeliveryUpdated(DeliveryRecord),
+    DeliveryUpdated {
+        record: DeliveryRecord,
+        /// When the stored record it replaces finished, if it had: that entry of the
+        /// finished index goes. The caller read that record, so the committer need not.
+        replaced_finished_at: Option<u64>,
+    },
 }
 
 /// The whole outcome of one plugin call.
@@ -326,6 +357,7 @@ struct Queue {
 
 pub struct Db {
     store: Arc<Store>,
+    kv_cache: Arc<KvCache>,
     /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
     /// The next delivery or event id; the committer stores it with every batch.
@@ -391,86 +423,99 @@ impl PendingCommit {
 /// The most waiting commits that share one transaction, and so one fsync.
 const MAX_BATCH: usize = 256;
 
-/// Applies queued commits in order, as many per transaction as are waiting.
-///
-/// A failed transaction stops the process: later calls may already have read that batch's
-/// writes, and none of its commits was acknowledged, so a restart loses nothing.
-///
-/// A commit with nothing to write only waits for the commits queued before it: a batch of
-/// such commits needs no transaction.
-fn run_committer(
+/// The committer thread's share of the database.
+struct Committer {
     store: Arc<Store>,
+    kv_cache: Arc<KvCache>,
     faults: Option<faults::Faults>,
+    /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
     next_id: Arc<AtomicU64>,
-    queue: mpsc::Receiver<CommitJob>,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let writes = batch
-            .iter()
-            .filter(|(_, commits, _)| commits.iter().any(|commit| !commit.is_empty()))
-            .count();
-        let result = (|| -> Result<Vec<Committed>> {
-            if writes == 0 {
-                return Ok(batch.iter().map(|_| Committed::default()).collect());
-            }
-            let mut tables = Tables::begin(&store, &next_id)?;
-            let committed = batch
-                .iter_mut()
-                .map(|(_, commits, _)| {
-                    let mut committed = Committed::default();
-                    for commit in commits.drain(..).filter(|commit| !commit.is_empty()) {
-                        committed.absorb(apply(&mut tables, commit)?);
-                    }
-                    Ok(committed)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            tables.commit(faults.as_ref())?;
-            Ok(committed)
-        })();
-        let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
-        if writes > 0 {
-            let metrics = crate::metrics::metrics();
-            metrics.batch(
-                "simrelay_commit_batch_size",
-                "Call outcomes per transaction.",
-                writes,
-            );
-            metrics.latency(
-                "simrelay_commit_seconds",
-                "Time to write and fsync one transaction.",
-                &[],
-                started.elapsed(),
-            );
-        }
-        match result {
-            Ok(committed) => {
-                durable.store(last, Ordering::Release);
-                for ((_, _, reply), committed) in batch.into_iter().zip(committed) {
-                    let _ = reply.send(Ok(committed));
+}
+
+impl Committer {
+    /// Applies queued commits in order, as many per transaction as are waiting.
+    ///
+    /// A failed transaction stops the process: later calls may already have read that
+    /// batch's writes, and none of its commits was acknowledged, so a restart loses nothing.
+    ///
+    /// A commit with nothing to write only waits for the commits queued before it: a batch
+    /// of such commits needs no transaction.
+    fn run(self, queue: mpsc::Receiver<CommitJob>) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
                 }
             }
-            Err(error) => {
-                let message = format!("database commit failed: {error:#}");
-                for (_, _, reply) in batch {
-                    let _ = reply.send(Err(message.clone()));
-                }
-                tracing::error!(
-                    "{message}; stopping so that nothing acknowledged is lost. Nothing in the \
-                     failed batch was acknowledged; after a restart the senders' retries are \
-                     accepted again once the disk can be written"
+            let started = std::time::Instant::now();
+            let writes = batch
+                .iter()
+                .filter(|(_, commits, _)| commits.iter().any(|commit| !commit.is_empty()))
+                .count();
+            let result = if writes == 0 {
+                Ok(batch.iter().map(|_| Committed::default()).collect())
+            } else {
+                self.write(&mut batch)
+            };
+            let last = batch.last().map_or(0, |(sequence, _, _)| *sequence);
+            if writes > 0 {
+                let metrics = crate::metrics::metrics();
+                metrics.batch(
+                    "simrelay_commit_batch_size",
+                    "Call outcomes per transaction.",
+                    writes,
                 );
-                std::process::exit(70);
+                metrics.latency(
+                    "simrelay_commit_seconds",
+                    "Time to write and fsync one transaction.",
+                    &[],
+                    started.elapsed(),
+                );
+            }
+            match result {
+                Ok(committed) => {
+                    self.durable.store(last, Ordering::Release);
+                    for ((_, _, reply), committed) in batch.into_iter().zip(committed) {
+                        let _ = reply.send(Ok(committed));
+                    }
+                }
+                Err(error) => {
+                    let message = format!("database commit failed: {error:#}");
+                    for (_, _, reply) in batch {
+                        let _ = reply.send(Err(message.clone()));
+                    }
+                    tracing::error!(
+                        "{message}; stopping so that nothing acknowledged is lost. Nothing in \
+                         the failed batch was acknowledged; after a restart the senders' \
+                         retries are accepted again once the disk can be written"
+                    );
+                    std::process::exit(70);
+                }
             }
         }
+    }
+
+    /// Writes the batch's commits in one durable transaction.
+    fn write(&self, batch: &mut [CommitJob]) -> Result<Vec<Committed>> {
+        let mut tables = Tables::begin(&self.store, &self.next_id)?;
+        let mut kv = Vec::new();
+        let committed = batch
+            .iter_mut()
+            .map(|(_, commits, _)| {
+                let mut committed = Committed::default();
+                for commit in commits.drain(..).filter(|commit| !commit.is_empty()) {
+                    kv.extend(commit.kv.iter().cloned());
+                    committed.absorb(apply(&mut tables, commit)?);
+                }
+                Ok(committed)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tables.commit(self.faults.as_ref())?;
+        self.kv_cache.committed(&kv);
+        Ok(committed)
     }
 }
 
@@ -504,12 +549,20 @@ impl Db {
             .with_context(|| format!("cannot write the database in {}", data_dir.display()))?;
         let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
-        let (writer, watermark, ids) = (store.clone(), durable.clone(), next_id.clone());
+        let kv_cache = Arc::new(KvCache::default());
+        let committer = Committer {
+            store: store.clone(),
+            kv_cache: kv_cache.clone(),
+            faults,
+            durable: durable.clone(),
+            next_id: next_id.clone(),
+        };
         let committer = std::thread::Builder::new()
             .name("db-committer".into())
-            .spawn(move || run_committer(writer, faults, watermark, ids, receiver))?;
+            .spawn(move || committer.run(receiver))?;
         Ok(Db {
             store,
+            kv_cache,
             durable,
             next_id,
             queue: Mutex::new(Some(Queue {
@@ -527,16 +580,17 @@ impl Db {
     }
 
     pub fn kv_get(&self, label: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.kv_snapshot()?.get_many(label, &[key])?.pop().flatten())
+        Ok(self.kv_snapshot().get_many(label, &[key])?.pop().flatten())
     }
 
-    /// The committed values of every store as they are now, for reads that belong together
-    /// (one plugin call's): one snapshot however many reads.
-    pub fn kv_snapshot(&self) -> Result<KvSnapshot> {
-        Ok(KvSnapshot {
-            snapshot: self.store.db.read_tx(),
+    /// The committed values of every store, for reads that belong together (one plugin
+    /// call's): one snapshot however many reads, taken at the first.
+    pub fn kv_snapshot(&self) -> KvSnapshot {
+        KvSnapshot {
             store: self.store.clone(),
-        })
+            cache: self.kv_cache.clone(),
+            taken: std::cell::OnceCell::new(),
+        }
     }
 
     /// Queues a commit; it becomes durable, in submission order, with the batch it joins.
@@ -786,7 +840,10 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
                 .events
                 .insert(&mut tables.txn, queued.id, &json(queued)?);
         }
-        Consumed::DeliveryUpdated(record) => store_delivery(tables, record)?,
+        Consumed::DeliveryUpdated {
+            record,
+            replaced_finished_at,
+        } => store_delivery(tables, record, *replaced_finished_at)?,
         Consumed::Nothing => {}
     }
     if let Some((retention, now_ms)) = &commit.compact {
@@ -808,13 +865,14 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
 }
 
 /// Writes a delivery's record and keeps the pending and finished indexes in step.
-fn store_delivery(tables: &mut Tables, record: &DeliveryRecord) -> Result<()> {
+fn store_delivery(
+    tables: &mut Tables,
+    record: &DeliveryRecord,
+    replaced_finished_at: Option<u64>,
+) -> Result<()> {
     let Tables { txn, store, .. } = tables;
-    if let Some(old) = store.deliveries.get(txn, record.id)? {
-        let old: DeliveryRecord = parse(store.deliveries.name(), &old)?;
-        if let DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } = old.state {
-            store.finished.remove(txn, (at_ms, old.id));
-        }
+    if let Some(at_ms) = replaced_finished_at {
+        store.finished.remove(txn, (at_ms, record.id));
     }
     match &record.state {
         DeliveryState::Pending { next_attempt_ms } => {
@@ -1083,7 +1141,7 @@ mod tests {
         );
         assert_eq!(db.kv_get("b", "k").unwrap(), None);
         assert_eq!(
-            db.kv_snapshot().unwrap().keys("a", None, 10).unwrap(),
+            db.kv_snapshot().keys("a", None, 10).unwrap(),
             (vec!["k".to_string()], true)
         );
     }
@@ -1168,7 +1226,7 @@ mod tests {
             &[],
         ))
         .unwrap();
-        let keys = |cursor, limit| db.kv_snapshot().unwrap().keys("a", cursor, limit).unwrap();
+        let keys = |cursor, limit| db.kv_snapshot().keys("a", cursor, limit).unwrap();
         assert_eq!(keys(Some("1"), 10), (vec!["2".into(), "3".into()], true));
         assert_eq!(keys(Some("10"), 10), (vec!["2".into(), "3".into()], true));
         assert_eq!(keys(None, 2), (vec!["1".into(), "2".into()], false));
@@ -1247,7 +1305,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_delivery_leaves_the_pending_index() {
+    fn a_finished_delivery_leaves_the_pending_index_and_a_retried_one_the_finished() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
         let (_, id) = db.commit(commit("a", &[], &["push/1"])).unwrap().deliveries[0];
@@ -1257,7 +1315,10 @@ mod tests {
         };
         db.commit(Commit {
             instance: "a".into(),
-            consumed: Consumed::DeliveryUpdated(record.clone()),
+            consumed: Consumed::DeliveryUpdated {
+                record: record.clone(),
+                replaced_finished_at: None,
+            },
             ..Default::default()
         })
         .unwrap();
@@ -1265,11 +1326,30 @@ mod tests {
         record.state = DeliveryState::Delivered { at_ms: 9_000 };
         db.commit(Commit {
             instance: "a".into(),
-            consumed: Consumed::DeliveryUpdated(record),
+            consumed: Consumed::DeliveryUpdated {
+                record: record.clone(),
+                replaced_finished_at: None,
+            },
             ..Default::default()
         })
         .unwrap();
         assert!(db.pending_deliveries().unwrap().is_empty());
+        assert_eq!(db.delivery_counts().unwrap(), (0, 1));
+        // An operator's retry replaces the finished record: it leaves the finished index.
+        record.state = DeliveryState::Pending {
+            next_attempt_ms: 10_000,
+        };
+        db.commit(Commit {
+            instance: "a".into(),
+            consumed: Consumed::DeliveryUpdated {
+                record,
+                replaced_finished_at: Some(9_000),
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(db.delivery_counts().unwrap(), (1, 0));
+        assert_eq!(db.pending_deliveries().unwrap(), [(10_000, id)]);
     }
 
     #[test]
