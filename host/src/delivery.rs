@@ -203,7 +203,7 @@ async fn attempt(
     limits: &Limits,
     id: u64,
 ) -> Result<()> {
-    let Some(record) = relay.db.delivery(id)? else {
+    let Some(record) = relay.delivery_record(id)? else {
         return Ok(());
     };
     if !matches!(record.state, DeliveryState::Pending { .. }) {

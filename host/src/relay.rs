@@ -53,6 +53,9 @@ const EVENT_BATCH: usize = 64;
 /// The most queued events an instance keeps in memory; beyond, they wait on disk until their
 /// commit is durable, and its worker reads them from there.
 const MAX_ARRIVED: usize = 10_000;
+/// The most new deliveries' records kept for their first attempt; beyond, the attempt
+/// reads its record from the database.
+const MAX_FRESH_DELIVERIES: usize = 4_096;
 
 /// How far behind (the wait of its oldest due event) an instance may fall before the
 /// webhooks that feed it wait, and the longest one webhook waits for it.
@@ -203,6 +206,9 @@ pub struct Relay {
     /// One state per store label, shared by every instance granted it.
     labels: Mutex<BTreeMap<String, Arc<StoreState>>>,
     pub deliveries: DueQueue,
+    /// Records of new deliveries not yet attempted, so that their first attempt need not
+    /// read them back: only their attempt changes them.
+    fresh_deliveries: Mutex<HashMap<u64, DeliveryRecord>>,
     next_message: AtomicU64,
     pub started: Instant,
     /// Instances that get the host's `delivery-health` events.
@@ -299,8 +305,8 @@ impl AfterCommit {
                 store.remove_durable(sequence);
             }
         }
-        let committed = committed?;
-        relay.schedule(&committed);
+        let mut committed = committed?;
+        relay.schedule(&mut committed);
         self.on_disk.schedule();
         if let Some((due, id)) = self.retry_delivery {
             relay.deliveries.schedule(due, id);
@@ -362,6 +368,7 @@ impl Relay {
             router: RwLock::new(Arc::new(Router::new(Vec::new()))),
             labels: Mutex::default(),
             deliveries: DueQueue::default(),
+            fresh_deliveries: Mutex::default(),
             next_message: AtomicU64::new(crate::now_ms() << 12),
             started: Instant::now(),
             alerts_to: RwLock::new(loaded.alerts_to),
@@ -1302,16 +1309,37 @@ impl Relay {
         }
     }
 
-    /// Hands what a commit added to the workers.
-    fn schedule(&self, committed: &Committed) {
+    /// Hands what a commit added to the workers, new deliveries' records with them.
+    fn schedule(&self, committed: &mut Committed) {
         if committed.duplicate_deliveries > 0 {
             info!(
                 dropped = committed.duplicate_deliveries,
                 "dropped deliveries already asked for"
             );
         }
-        for (due, id) in &committed.deliveries {
-            self.deliveries.schedule(*due, *id);
+        let mut fresh = self
+            .fresh_deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for record in committed.deliveries.drain(..) {
+            self.deliveries.schedule(record.created_ms, record.id);
+            if fresh.len() < MAX_FRESH_DELIVERIES {
+                fresh.insert(record.id, record);
+            }
+        }
+    }
+
+    /// A delivery's record as its attempt starts: a new delivery's as the commit that
+    /// added it left it, any other's from the database.
+    pub fn delivery_record(&self, id: u64) -> Result<Option<DeliveryRecord>> {
+        let fresh = self
+            .fresh_deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        match fresh {
+            Some(record) => Ok(Some(record)),
+            None => self.db.delivery(id),
         }
     }
 }

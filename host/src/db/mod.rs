@@ -326,8 +326,8 @@ impl Commit {
 /// What a commit added, for the workers to schedule.
 #[derive(Default, Debug)]
 pub struct Committed {
-    /// (due, id) of each new delivery.
-    pub deliveries: Vec<(u64, u64)>,
+    /// Each new delivery's record, pending, due at once.
+    pub deliveries: Vec<DeliveryRecord>,
     /// Deliveries dropped because the instance already had one with the same key.
     pub duplicate_deliveries: usize,
     /// What retention removed, when the commit ran it.
@@ -826,7 +826,7 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
         store
             .pending
             .insert(&mut tables.txn, record.id, commit.now_ms);
-        committed.deliveries.push((commit.now_ms, record.id));
+        committed.deliveries.push(record);
     }
     for queued in &commit.events {
         store
@@ -1146,6 +1146,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn reads_served_from_memory_follow_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let read = |key| db.kv_get("a", key).unwrap();
+        // Read before any write: the cache holds "none" for both keys.
+        assert_eq!((read("k"), read("other")), (None, None));
+        db.commit(commit("a", &[("k", Some("1"))], &[])).unwrap();
+        assert_eq!(read("k").as_deref(), Some(&b"1"[..]));
+        db.commit(commit("a", &[("k", Some("2")), ("other", Some("x"))], &[]))
+            .unwrap();
+        assert_eq!(read("k").as_deref(), Some(&b"2"[..]));
+        assert_eq!(read("other").as_deref(), Some(&b"x"[..]));
+        db.commit(commit("a", &[("k", None)], &[])).unwrap();
+        assert_eq!(read("k"), None);
+        // A snapshot taken before a commit still reads keys the cache lacks from itself.
+        let before = db.kv_snapshot();
+        assert_eq!(before.get_many("a", &["late"]).unwrap(), [None]);
+        db.commit(commit("a", &[("late", Some("y"))], &[])).unwrap();
+        assert_eq!(read("late").as_deref(), Some(&b"y"[..]));
+    }
+
     /// The database's files as a crash would leave them now: what reached the page cache.
     fn crash_image(from: &Path) -> tempfile::TempDir {
         fn copy(from: &Path, to: &Path) {
@@ -1196,7 +1218,7 @@ mod tests {
         let db = Db::open(image.path()).unwrap();
         let next = db.commit(commit("a", &[], &["push/3"])).unwrap();
         assert_eq!(
-            next.deliveries[0].1, 3,
+            next.deliveries[0].id, 3,
             "the id counter came back with the rest"
         );
     }
@@ -1308,7 +1330,7 @@ mod tests {
     fn a_finished_delivery_leaves_the_pending_index_and_a_retried_one_the_finished() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        let (_, id) = db.commit(commit("a", &[], &["push/1"])).unwrap().deliveries[0];
+        let id = db.commit(commit("a", &[], &["push/1"])).unwrap().deliveries[0].id;
         let mut record = db.delivery(id).unwrap().unwrap();
         record.state = DeliveryState::Pending {
             next_attempt_ms: 9_000,
