@@ -3,13 +3,17 @@
 //! record, read again when its push is answered) costs a hash lookup instead of searches
 //! through the store's write buffers and table filters.
 //!
-//! The committer is the only writer of the key-value table. After each transaction it
-//! stores the values its writes left. A read that missed fills its entry only if no
-//! transaction wrote key-value state since the read's snapshot was taken, so a value from
-//! an older snapshot never replaces a newer one.
+//! Entries come from reads: a read that missed fills its entry, the value or its absence,
+//! but only if no transaction wrote key-value state since the read's snapshot was taken,
+//! so a value from an older snapshot never replaces a newer one. The committer is the only
+//! writer of the key-value table: after each transaction it updates the entries its writes
+//! touched. It adds none, so keys written once and never read (index entries, marks) do
+//! not crowd out the ones read again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
 
 use crate::kv::KvWrites;
 
@@ -31,7 +35,7 @@ struct Inner {
     generation: u64,
     entries: usize,
     /// label → key → value.
-    labels: HashMap<String, HashMap<String, Value>>,
+    labels: HashMap<String, HashMap<String, Value, RandomState>, RandomState>,
 }
 
 impl Inner {
@@ -41,7 +45,7 @@ impl Inner {
             self.entries = 0;
         }
         if !self.labels.contains_key(label) {
-            self.labels.insert(label.to_string(), HashMap::new());
+            self.labels.insert(label.to_string(), HashMap::default());
         }
         let Some(keys) = self.labels.get_mut(label) else {
             return;
@@ -100,8 +104,13 @@ impl KvCache {
         let mut inner = self.inner();
         inner.generation += 1;
         for (label, writes) in writes {
+            let Some(cached) = inner.labels.get_mut(label.as_str()) else {
+                continue;
+            };
             for (key, value) in writes.iter() {
-                inner.put(label, key, value.clone());
+                if let Some(slot) = cached.get_mut(key.as_str()) {
+                    slot.clone_from(value);
+                }
             }
         }
     }
@@ -120,11 +129,21 @@ mod tests {
     }
 
     #[test]
-    fn committed_writes_are_served_per_label() {
+    fn commits_update_the_entries_reads_filled_and_add_none() {
         let cache = KvCache::default();
-        cache.committed(&writes("a", &[("k", Some("1")), ("gone", None)]));
+        let generation = cache.generation();
+        cache.fill(
+            generation,
+            "a",
+            [("k", &None), ("gone", &Some(b"x".to_vec()))],
+        );
+        cache.committed(&writes(
+            "a",
+            &[("k", Some("1")), ("gone", None), ("unread", Some("2"))],
+        ));
+        cache.committed(&writes("b", &[("k", Some("3"))]));
         assert_eq!(
-            cache.get_many("a", &["k", "gone", "never"]),
+            cache.get_many("a", &["k", "gone", "unread"]),
             [Some(Some(b"1".to_vec())), Some(None), None]
         );
         assert_eq!(cache.get_many("b", &["k"]), [None]);
@@ -133,6 +152,7 @@ mod tests {
     #[test]
     fn a_read_from_before_a_commit_does_not_replace_it() {
         let cache = KvCache::default();
+        cache.fill(cache.generation(), "a", [("k", &None)]);
         let before = cache.generation();
         cache.committed(&writes("a", &[("k", Some("new"))]));
         cache.fill(before, "a", [("k", &Some(b"old".to_vec()))]);
