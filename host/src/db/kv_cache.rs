@@ -17,9 +17,13 @@ use foldhash::fast::RandomState;
 
 use crate::kv::KvWrites;
 
-/// Entries kept at most, all labels together; when full, the cache starts over. Hot
-/// entries come back at their next read. About 200 bytes an entry.
-const MAX_ENTRIES: usize = 8_192;
+/// Bytes kept at most (keys, values and a share for the maps), all labels together; when
+/// full, the cache starts over. Hot entries come back at their next read.
+const MAX_BYTES: usize = 2 << 20;
+/// A value larger than this is never kept: a plugin's big blobs would crowd out the rest.
+const MAX_VALUE_BYTES: usize = 16 << 10;
+/// What an entry costs besides its key and value.
+const ENTRY_OVERHEAD: usize = 64;
 
 /// A committed value as the cache holds it: `None` when the key has none.
 type Value = Option<Vec<u8>>;
@@ -33,16 +37,30 @@ pub struct KvCache {
 struct Inner {
     /// Transactions with key-value writes so far.
     generation: u64,
-    entries: usize,
+    bytes: usize,
     /// label → key → value.
     labels: HashMap<String, HashMap<String, Value, RandomState>, RandomState>,
 }
 
+fn cost(key: &str, value: &Value) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD
+}
+
+fn too_big(value: &Value) -> bool {
+    value
+        .as_ref()
+        .is_some_and(|value| value.len() > MAX_VALUE_BYTES)
+}
+
 impl Inner {
-    fn put(&mut self, label: &str, key: &str, value: Value) {
-        if self.entries >= MAX_ENTRIES {
+    /// Adds or replaces an entry read from the store.
+    fn fill(&mut self, label: &str, key: &str, value: &Value) {
+        if too_big(value) {
+            return;
+        }
+        if self.bytes >= MAX_BYTES {
             self.labels.clear();
-            self.entries = 0;
+            self.bytes = 0;
         }
         if !self.labels.contains_key(label) {
             self.labels.insert(label.to_string(), HashMap::default());
@@ -50,12 +68,26 @@ impl Inner {
         let Some(keys) = self.labels.get_mut(label) else {
             return;
         };
-        match keys.get_mut(key) {
-            Some(slot) => *slot = value,
-            None => {
-                keys.insert(key.to_string(), value);
-                self.entries += 1;
-            }
+        self.bytes += cost(key, value);
+        if let Some(replaced) = keys.insert(key.to_string(), value.clone()) {
+            self.bytes -= cost(key, &replaced);
+        }
+    }
+
+    /// Updates the entry of a key a transaction wrote, if there is one.
+    fn update(&mut self, label: &str, key: &str, value: &Value) {
+        let Some(keys) = self.labels.get_mut(label) else {
+            return;
+        };
+        let Some(slot) = keys.get_mut(key) else {
+            return;
+        };
+        self.bytes -= cost(key, slot);
+        if too_big(value) {
+            keys.remove(key);
+        } else {
+            self.bytes += cost(key, value);
+            slot.clone_from(value);
         }
     }
 }
@@ -92,7 +124,7 @@ impl KvCache {
             return;
         }
         for (key, value) in read {
-            inner.put(label, key, value.clone());
+            inner.fill(label, key, value);
         }
     }
 
@@ -104,13 +136,8 @@ impl KvCache {
         let mut inner = self.inner();
         inner.generation += 1;
         for (label, writes) in writes {
-            let Some(cached) = inner.labels.get_mut(label.as_str()) else {
-                continue;
-            };
             for (key, value) in writes.iter() {
-                if let Some(slot) = cached.get_mut(key.as_str()) {
-                    slot.clone_from(value);
-                }
+                inner.update(label, key, value);
             }
         }
     }
@@ -167,18 +194,35 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_starts_over() {
+    fn a_full_cache_starts_over_and_big_values_stay_out() {
         let cache = KvCache::default();
-        let keys: Vec<String> = (0..=MAX_ENTRIES).map(|n| format!("k{n}")).collect();
-        let value = Some(b"v".to_vec());
-        let generation = cache.generation();
+        let value = Some(vec![b'v'; 1000]);
+        let keys: Vec<String> = (0..MAX_BYTES / 1000).map(|n| format!("k{n}")).collect();
         cache.fill(
-            generation,
+            cache.generation(),
             "a",
             keys.iter().map(|key| (key.as_str(), &value)),
         );
+        assert!(cache.inner().bytes < MAX_BYTES, "started over once full");
+        assert_eq!(
+            cache.get_many("a", &[keys.last().unwrap()]),
+            [Some(value.clone())]
+        );
+        assert_eq!(
+            cache.get_many("a", &["k0"]),
+            [None],
+            "gone when it started over"
+        );
+
+        let big = Some(vec![b'b'; MAX_VALUE_BYTES + 1]);
+        cache.fill(cache.generation(), "a", [("big", &big)]);
+        assert_eq!(cache.get_many("a", &["big"]), [None]);
+        // An entry whose new value is too big leaves, rather than go stale.
+        let last = keys.last().unwrap().as_str();
+        cache.committed(&[("a".to_string(), Arc::new([(last.to_string(), big)].into()))]);
+        assert_eq!(cache.get_many("a", &[last]), [None]);
         let inner = cache.inner();
-        assert_eq!(inner.entries, 1);
-        assert!(inner.labels["a"].contains_key(&keys[MAX_ENTRIES]));
+        let kept: usize = inner.labels["a"].iter().map(|(k, v)| cost(k, v)).sum();
+        assert_eq!(inner.bytes, kept, "the byte count follows every change");
     }
 }
