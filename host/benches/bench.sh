@@ -25,16 +25,14 @@ seconds=${1:-10}
 rounds=${2:-2}
 out=target/bench
 mkdir -p "$out"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
 log() { echo "bench: $*" >&2; }
+hello_port=18311
+host_port=18312
+mock_port=18313
+idle_port=18314
+admin_port=18315
+# The chain under test, its helpers, and a work directory removed on exit with what ran.
+source host/benches/load/chain-env.sh
 
 # --- tools and builds -------------------------------------------------------------------
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
@@ -49,15 +47,7 @@ make --no-print-directory build test-plugins >&2
 cargo build --release --target wasm32-wasip2 --manifest-path host/benches/hello/Cargo.toml \
   --target-dir target/bench-hello >&2
 hello=$PWD/target/bench-hello/wasm32-wasip2/release/simrelay_bench_hello.wasm
-chain=$(cargo bench -p simrelay --bench chain --no-run --message-format=json 2>/dev/null |
-  python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "chain" and m.get("executable"):
-        print(m["executable"])')
 simrelay=$PWD/target/release/simrelay
-wasm=$PWD/target/wasm32-wasip2/release
 
 # --- 1. one call: native vs wasm --------------------------------------------------------
 log "criterion: one Ejoin call, native and through the sandbox"
@@ -68,28 +58,15 @@ cargo bench -p simrelay --bench commit_batch -- --warm-up-time 1 --measurement-t
   2>&1 | tee "$out/commit_batch.txt" >&2
 
 # --- helpers ----------------------------------------------------------------------------
-wait_http() { # url
-  for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
-  log "nothing answers at $1"; return 1
-}
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 wrk_run() { # name, wrk arguments...: writes $out/wrk-NAME.txt
   local name=$1; shift
   wrk -t1 -c16 -d"${seconds}s" --latency "$@" > "$out/wrk-$name.txt"
   cat "$out/wrk-$name.txt" >&2
 }
-mock_stats() { curl -s "http://127.0.0.1:$mock_port/stats"; }
-json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 
-hello_port=18311
-host_port=18312
-mock_port=18313
-idle_port=18314
-admin_port=18315
-
-"$chain" mock "127.0.0.1:$mock_port" &
-pids+=($!)
-wait_http "http://127.0.0.1:$mock_port/stats"
+chain=$(chain_tool)
+start_mock
 
 # --- 5a. idle memory with the default plugins -------------------------------------------
 EJOIN_API_KEY=idle SMSBOWER_API_KEY=idle SMSBOWER_BASE_URL="http://127.0.0.1:$mock_port" \
@@ -103,60 +80,6 @@ sleep 3
 idle_rss=$(rss_mb $idle_pid)
 kill $idle_pid; wait $idle_pid 2>/dev/null || true
 log "idle RSS with the default plugins: $idle_rss MB"
-
-# --- the chain under test ---------------------------------------------------------------
-key=load
-cat > "$work/simrelay.toml" <<TOML
-[instances.ejoin]
-plugin = "$wasm/simrelay_ejoin.wasm"
-forward_to = ["smsbower"]
-tick_interval_secs = 5
-settings = { api_key = "$key" }
-
-[instances.smsbower]
-plugin = "$wasm/simrelay_smsbower.wasm"
-allow_hosts = ["127.0.0.1:$mock_port"]
-stores = { inventory = "farm" }
-retry = { schedule = "fixed", interval_secs = 1, jitter = 0.0 }
-settings = { api_key = "$key", base_url = "http://127.0.0.1:$mock_port", retry_interval_secs = "1", services = ["tg"] }
-
-[[routes]]
-path = "/api/{key}/webhook"
-method = "POST"
-instance = "ejoin"
-
-[[routes]]
-path = "/smsbower"
-method = "POST"
-instance = "smsbower"
-TOML
-
-start_simrelay() { # data dir
-  SIMRELAY_LOG=warn "$simrelay" serve --config "$work/simrelay.toml" \
-    --listen "127.0.0.1:$host_port" --admin-listen "127.0.0.1:$admin_port" --data-dir "$1" &
-  host_pid=$!
-  pids+=($host_pid)
-  wait_http "http://127.0.0.1:$host_port/"
-  # SmsBower pushes only SMS on a number it sold: register the SIM, open an activation.
-  curl -sf -X POST "http://127.0.0.1:$host_port/api/$key/webhook" -H 'content-type: application/json' \
-    -d '{"type":"dev-status","mac":"00:1A:2B:3C:4D:5E","status":[{"port":"1.01","sn":"79001234567","iccid":"8970100000000000001","imsi":"250010000000001","st":"3 registered","active":1,"slot_active":1,"opr":"MTS","sig":25}]}' >/dev/null
-  for _ in $(seq 100); do
-    if curl -s -X POST "http://127.0.0.1:$host_port/smsbower" -H 'content-type: application/json' \
-      -d "{\"action\":\"GET_NUMBER\",\"key\":\"$key\",\"country\":\"russia\",\"operator\":\"any\",\"service\":\"tg\",\"sum\":\"20.00\"}" |
-      grep -q SUCCESS; then return 0; fi
-    sleep 0.1
-  done
-  log "no activation could be opened"; return 1
-}
-
-wait_pushes() { # count: waits (up to 120 s) until the mock has that many; prints seconds waited
-  local began=$SECONDS
-  for _ in $(seq 1200); do
-    [ "$(mock_stats | json_field pushes)" -ge "$1" ] && break
-    sleep 0.1
-  done
-  echo $((SECONDS - began))
-}
 
 results=$out/rounds.jsonl
 : > "$results"
