@@ -6,7 +6,7 @@
 # Usage: host/benches/load/compare.sh BASELINE CANDIDATE [runs, default 3] [seconds, default 10] [rate]
 #   BASELINE, CANDIDATE: simrelay binaries, e.g. target/release/simrelay of two commits copied aside;
 #   rate: webhooks/s, sent open loop by `chain drive`; without it, full load (wrk -t1 -c16).
-# Needs the plugins (make build test-plugins), python3, curl; installs wrk (Debian) when missing.
+# Needs the plugins built (make build), python3, curl; installs wrk (Debian) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 baseline=$(realpath "$1")
