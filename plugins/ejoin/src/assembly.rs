@@ -25,7 +25,7 @@
 //! Keys: `long/<hash of device, port, sender, recipient>` → the pending message as JSON.
 
 use serde::{Deserialize, Serialize};
-use simrelay_sdk::dedupe::fingerprint;
+use simrelay_sdk::dedupe::Fingerprint;
 use simrelay_sdk::{KeyValue, ReceivedMessage};
 
 use crate::sms::SmsRow;
@@ -132,13 +132,17 @@ impl Pending {
 }
 
 fn pending_key(row: &SmsRow) -> String {
-    let fields = [
-        row.device.clone().unwrap_or_default(),
-        row.port.clone().unwrap_or_default(),
-        row.sender.clone(),
-        row.recipient.clone(),
-    ];
-    format!("{PREFIX}{}", fingerprint(&fields))
+    [
+        row.device.as_deref().unwrap_or_default(),
+        row.port.as_deref().unwrap_or_default(),
+        &row.sender,
+        &row.recipient,
+    ]
+    .iter()
+    .fold(Fingerprint::default(), |print, field| {
+        print.field(field.as_bytes())
+    })
+    .hex_after(PREFIX)
 }
 
 fn load(kv: &dyn KeyValue, key: &str) -> Result<Option<Pending>, String> {
@@ -254,6 +258,23 @@ mod tests {
 
     fn texts(messages: &[ReceivedMessage]) -> Vec<&str> {
         messages.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    /// Pending messages written before keys were hashed field by field are still found.
+    #[test]
+    fn pending_keys_are_the_fingerprint_of_the_fields() {
+        let mut without_device = row("a", "x");
+        without_device.device = None;
+        for row in [row("a", "x"), without_device] {
+            let fields = [
+                row.device.clone().unwrap_or_default(),
+                row.port.clone().unwrap_or_default(),
+                row.sender.clone(),
+                row.recipient.clone(),
+            ];
+            let expected = format!("long/{}", simrelay_sdk::dedupe::fingerprint(&fields));
+            assert_eq!(pending_key(&row), expected);
+        }
     }
 
     #[test]

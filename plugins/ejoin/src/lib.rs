@@ -25,7 +25,7 @@ mod sims;
 mod sms;
 mod status;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use simrelay_sdk::{
     Adapter, CallContext, Capability, Descriptor, Effects, Event, HttpReply, HttpRequest,
     KeySource, KeyValue, MarkOnce, ReceivedMessage, SettingSpec, Stores, WebhookKey,
@@ -116,20 +116,12 @@ impl Adapter for Ejoin {
         {
             return Ok(rejected(401, "Bad Api Key"));
         }
-        let body: Value = match serde_json::from_slice(&request.body) {
-            Ok(body) => body,
-            Err(error) => return Ok(rejected(400, &format!("Malformed JSON: {error}"))),
-        };
-        let parsed = match body.get("type") {
-            None | Some(Value::Null) => return Ok(rejected(400, "Missing type")),
-            Some(Value::String(kind)) => match kind.as_str() {
-                "recv-sms" => sms::parse_push(&body).map(Parsed::Rows),
-                "dev-status" => status::dev_status(&body).map(Parsed::Statuses),
-                "port-status" => status::port_status(&body).map(Parsed::Statuses),
-                "status-report" => status::status_report(&body).map(Parsed::Statuses),
-                other => return Ok(rejected(400, &format!("Unknown type: {other}"))),
+        let parsed = match sms::parse_recv_sms(&request.body) {
+            Some(rows) => rows.map(Parsed::Rows),
+            None => match parse(&request.body) {
+                Ok(parsed) => parsed,
+                Err(rejection) => return Ok(rejection),
             },
-            Some(other) => return Ok(rejected(400, &format!("Unknown type: {other}"))),
         };
         let push = match parsed {
             Ok(Parsed::Rows(rows)) => receive(&**kv, rows, &settings, ctx.now_ms)?,
@@ -217,6 +209,23 @@ fn with_recipient(
     Ok(message)
 }
 
+/// Any push, read as a `Value`: `Err` is the reply to a push that is not one at all.
+fn parse(body: &[u8]) -> Result<Result<Parsed, String>, WebhookOutcome> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|error| rejected(400, &format!("Malformed JSON: {error}")))?;
+    match body.get("type") {
+        None | Some(Value::Null) => Err(rejected(400, "Missing type")),
+        Some(Value::String(kind)) => Ok(match kind.as_str() {
+            "recv-sms" => sms::parse_push(&body).map(Parsed::Rows),
+            "dev-status" => status::dev_status(&body).map(Parsed::Statuses),
+            "port-status" => status::port_status(&body).map(Parsed::Statuses),
+            "status-report" => status::status_report(&body).map(Parsed::Statuses),
+            other => return Err(rejected(400, &format!("Unknown type: {other}"))),
+        }),
+        Some(other) => Err(rejected(400, &format!("Unknown type: {other}"))),
+    }
+}
+
 fn remember_sims(kv: &dyn KeyValue, push: &Push) -> Result<(), String> {
     for event in &push.events {
         if let Event::SimStatusChanged(status) = event {
@@ -227,7 +236,15 @@ fn remember_sims(kv: &dyn KeyValue, push: &Push) -> Result<(), String> {
 }
 
 fn reply(status: u16, message: &str) -> HttpReply {
-    HttpReply::json(status, json!({ "message": message }).to_string())
+    /// The gateway's expected answer, `{"message": …}`, without building a JSON map.
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        message: &'a str,
+    }
+    HttpReply::json(
+        status,
+        serde_json::to_vec(&Reply { message }).expect("a string serialises"),
+    )
 }
 
 fn rejected(status: u16, message: &str) -> WebhookOutcome {
@@ -243,6 +260,7 @@ simrelay_sdk::export_adapter!(Ejoin);
 mod tests {
     use super::*;
     use crate::sms::tests::b64;
+    use serde_json::json;
     use simrelay_sdk::{DeliveryState, SimState};
 
     const KEY: &str = "s3cret-key";

@@ -54,8 +54,38 @@ impl Fingerprint {
 
     /// The fingerprint as 16 hex digits.
     pub fn hex(&self) -> String {
-        format!("{:016x}", self.0)
+        self.hex_after("")
     }
+
+    /// `prefix` followed by [`Fingerprint::hex`], in one allocation: ids and keys are built
+    /// on every call, and `format!` costs several times as much in a plugin.
+    pub fn hex_after(&self, prefix: &str) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(prefix.len() + 16);
+        out.push_str(prefix);
+        for shift in (0..16).rev() {
+            out.push(char::from(DIGITS[(self.0 >> (shift * 4)) as usize & 0xf]));
+        }
+        out
+    }
+}
+
+/// `n` as the 20 decimal digits, zero-padded, that make keys sort by time.
+fn padded_decimal(n: u64) -> [u8; 20] {
+    let mut digits = [b'0'; 20];
+    let mut rest = n;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    digits
+}
+
+/// `n` in decimal, as `n.to_string()` writes it, without the formatting machinery.
+fn decimal(n: u64) -> String {
+    let digits = padded_decimal(n);
+    let first = digits.iter().position(|digit| *digit != b'0').unwrap_or(19);
+    String::from_utf8(digits[first..].to_vec()).expect("digits are ASCII")
 }
 
 impl std::io::Write for Fingerprint {
@@ -105,17 +135,18 @@ impl<'a> ExpiryIndex<'a> {
     }
 
     fn entries_prefix(&self) -> String {
-        format!("{}@/", self.prefix)
+        [self.prefix, "@/"].concat()
     }
 
     fn next_sweep_key(&self) -> String {
-        format!("{}@next", self.prefix)
+        [self.prefix, "@next"].concat()
     }
 
     /// Records `id` at `at_ms`: it expires a window after.
     pub fn add(&self, at_ms: u64, id: &str) -> Result<(), String> {
-        self.kv
-            .set(&format!("{}{at_ms:020}/{id}", self.entries_prefix()), b"")
+        let at = padded_decimal(at_ms);
+        let at = std::str::from_utf8(&at).expect("digits are ASCII");
+        self.kv.set(&[self.prefix, "@/", at, "/", id].concat(), b"")
     }
 
     /// Whether inserting `id` should also sweep [`CATCH_UP`] entries: for one id in
@@ -201,7 +232,7 @@ impl<'a> MarkOnce<'a> {
     }
 
     fn mark_key(&self, id: &str) -> String {
-        format!("{}/{id}", self.prefix)
+        [self.prefix, "/", id].concat()
     }
 
     fn index(&self) -> ExpiryIndex<'a> {
@@ -225,7 +256,7 @@ impl<'a> MarkOnce<'a> {
     /// the index is behind.
     pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
         self.kv
-            .set(&self.mark_key(id), now_ms.to_string().as_bytes())?;
+            .set(&self.mark_key(id), decimal(now_ms).as_bytes())?;
         let index = self.index();
         index.add(now_ms, id)?;
         if index.catch_up_on(id)? {
@@ -273,6 +304,17 @@ mod tests {
         assert_eq!(fingerprint(&["a"]), format!("{hash_of_a:016x}"));
         assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
         assert_eq!(fingerprint::<&str>(&[]), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn hex_and_padded_times_match_their_format_strings() {
+        for n in [0, 1, 0xf0, 1_700_000_000_000, u64::MAX] {
+            let print = Fingerprint(n);
+            assert_eq!(print.hex(), format!("{n:016x}"));
+            assert_eq!(print.hex_after("id-"), format!("id-{n:016x}"));
+            assert_eq!(padded_decimal(n), *format!("{n:020}").as_bytes());
+            assert_eq!(decimal(n), n.to_string());
+        }
     }
 
     #[test]

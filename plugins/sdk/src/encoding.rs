@@ -17,6 +17,12 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 /// padding present, partial or missing, and the URL-safe `-`/`_` for `+`/`/`. `None` when
 /// what is left is still not base64.
 pub fn base64_lenient(encoded: &str) -> Option<Vec<u8>> {
+    let plain = !encoded
+        .bytes()
+        .any(|byte| byte.is_ascii_whitespace() || byte == b'-' || byte == b'_');
+    if plain {
+        return LENIENT_BASE64.decode(encoded).ok();
+    }
     let compact: String = encoded
         .chars()
         .filter(|c| !c.is_ascii_whitespace())
