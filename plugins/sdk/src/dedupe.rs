@@ -241,9 +241,13 @@ impl<'a> MarkOnce<'a> {
 
     /// When `id` was marked, if its mark is still live at `now_ms`.
     pub fn marked_at(&self, id: &str, now_ms: u64) -> Result<Option<u64>, String> {
+        self.live_mark(&self.mark_key(id), now_ms)
+    }
+
+    fn live_mark(&self, mark_key: &str, now_ms: u64) -> Result<Option<u64>, String> {
         let marked_at = self
             .kv
-            .get(&self.mark_key(id))?
+            .get(mark_key)?
             .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok());
         Ok(marked_at.filter(|at| at.saturating_add(self.window_ms) > now_ms))
     }
@@ -255,8 +259,11 @@ impl<'a> MarkOnce<'a> {
     /// Marks `id` at `now_ms`, live or not before; now and then deletes expired marks while
     /// the index is behind.
     pub fn mark(&self, id: &str, now_ms: u64) -> Result<(), String> {
-        self.kv
-            .set(&self.mark_key(id), decimal(now_ms).as_bytes())?;
+        self.mark_under(&self.mark_key(id), id, now_ms)
+    }
+
+    fn mark_under(&self, mark_key: &str, id: &str, now_ms: u64) -> Result<(), String> {
+        self.kv.set(mark_key, decimal(now_ms).as_bytes())?;
         let index = self.index();
         index.add(now_ms, id)?;
         if index.catch_up_on(id)? {
@@ -268,10 +275,11 @@ impl<'a> MarkOnce<'a> {
     /// `true` the first time `id` is seen within the window, and marks it; `false` while an
     /// earlier mark is live.
     pub fn first_time(&self, id: &str, now_ms: u64) -> Result<bool, String> {
-        if self.is_marked(id, now_ms)? {
+        let mark_key = self.mark_key(id);
+        if self.live_mark(&mark_key, now_ms)?.is_some() {
             return Ok(false);
         }
-        self.mark(id, now_ms)?;
+        self.mark_under(&mark_key, id, now_ms)?;
         Ok(true)
     }
 
