@@ -117,7 +117,8 @@ fn parse_row(row: &Value, device: Option<&str>) -> Result<Row, String> {
     }
     let encoded = cells[5].as_str().ok_or("text is not a string")?;
     let decoded = base64_lenient(encoded).ok_or("text is not valid base64")?;
-    let decoded = String::from_utf8_lossy(&decoded);
+    let decoded = String::from_utf8(decoded)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
     let (headers, text) = split_header_block(&decoded);
     let header = |name: &str| {
         headers
@@ -126,18 +127,26 @@ fn parse_row(row: &Value, device: Option<&str>) -> Result<Row, String> {
             .map(|(_, value)| value.to_string())
             .filter(|value| !value.is_empty())
     };
+    let sender = lenient::text(&cells[3])
+        .or_else(|| header("Sender"))
+        .unwrap_or_default();
+    let recipient = lenient::text(&cells[4])
+        .or_else(|| header("Receiver"))
+        .unwrap_or_default();
+    // Without a header block the text is all of it: keep it rather than copy it.
+    let text = if headers.is_empty() {
+        decoded
+    } else {
+        text.to_owned()
+    };
     Ok(Row::Sms(SmsRow {
         id,
         device: device.map(str::to_owned),
         port: lenient::text(&cells[1]).map(|port| canonical_port(&port)),
         received_at_ms: received_at_ms(&cells[2]),
-        sender: lenient::text(&cells[3])
-            .or_else(|| header("Sender"))
-            .unwrap_or_default(),
-        recipient: lenient::text(&cells[4])
-            .or_else(|| header("Receiver"))
-            .unwrap_or_default(),
-        text: text.to_owned(),
+        sender,
+        recipient,
+        text,
         iccid: cells.get(6).and_then(lenient::text),
         imsi: cells.get(7).and_then(lenient::text),
     }))
