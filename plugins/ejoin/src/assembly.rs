@@ -132,16 +132,12 @@ impl Pending {
 }
 
 fn pending_key(row: &SmsRow) -> String {
-    [
+    Fingerprint::of(&[
         row.device.as_deref().unwrap_or_default(),
         row.port.as_deref().unwrap_or_default(),
         &row.sender,
         &row.recipient,
-    ]
-    .iter()
-    .fold(Fingerprint::default(), |print, field| {
-        print.field(field.as_bytes())
-    })
+    ])
     .hex_after(PREFIX)
 }
 

@@ -11,12 +11,7 @@ use crate::KeyValue;
 /// sends without one. FNV-1a over the fields, each followed by 0xff, a byte UTF-8 never
 /// contains, so moving text from one field to the next changes the fingerprint.
 pub fn fingerprint<S: AsRef<str>>(fields: &[S]) -> String {
-    fields
-        .iter()
-        .fold(Fingerprint::default(), |hash, field| {
-            hash.field(field.as_ref().as_bytes())
-        })
-        .hex()
+    Fingerprint::of(fields).hex()
 }
 
 /// [`fingerprint`] built field by field, without gathering the fields first.
@@ -30,6 +25,14 @@ impl Default for Fingerprint {
 }
 
 impl Fingerprint {
+    /// The fingerprint of `fields`, for [`Fingerprint::hex_after`] where [`fingerprint`]'s
+    /// bare hex digits are not the whole id.
+    pub fn of<S: AsRef<str>>(fields: &[S]) -> Self {
+        fields.iter().fold(Fingerprint::default(), |hash, field| {
+            hash.field(field.as_ref().as_bytes())
+        })
+    }
+
     fn bytes(&mut self, bytes: &[u8]) {
         const PRIME: u64 = 0x0000_0100_0000_01b3;
         for byte in bytes {
@@ -112,6 +115,9 @@ const CATCH_UP_EVERY: u64 = 16;
 /// See [`ExpiryIndex::catch_up_on`].
 pub const CATCH_UP: usize = 32;
 
+/// What follows the prefix in the keys of index entries, `p@/<time>/<id>`.
+const ENTRIES: &str = "@/";
+
 /// What `p@next` holds while the index is behind: a sweep is due at once.
 const BEHIND: u64 = 0;
 
@@ -135,7 +141,7 @@ impl<'a> ExpiryIndex<'a> {
     }
 
     fn entries_prefix(&self) -> String {
-        [self.prefix, "@/"].concat()
+        [self.prefix, ENTRIES].concat()
     }
 
     fn next_sweep_key(&self) -> String {
@@ -146,7 +152,8 @@ impl<'a> ExpiryIndex<'a> {
     pub fn add(&self, at_ms: u64, id: &str) -> Result<(), String> {
         let at = padded_decimal(at_ms);
         let at = std::str::from_utf8(&at).expect("digits are ASCII");
-        self.kv.set(&[self.prefix, "@/", at, "/", id].concat(), b"")
+        self.kv
+            .set(&[self.prefix, ENTRIES, at, "/", id].concat(), b"")
     }
 
     /// Whether inserting `id` should also sweep [`CATCH_UP`] entries: for one id in
