@@ -15,6 +15,7 @@ mod faults;
 mod import;
 mod kv_cache;
 mod store;
+mod tally;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +35,7 @@ use kv_cache::KvCache;
 use simrelay_core::relay::{DeliveryRecord, QueuedEvent};
 use simrelay_core::retry::DeliveryState;
 use store::{Bytes, Table, Text, TextPair, U64, U64Pair, Unit, WriteTxn};
+use tally::{Change, DeliveryTally};
 
 /// The environment variable that turns on [`faults::Faults`] for tests.
 const FAULT_FILE_VAR: &str = "SIMRELAY_FAULT_FILE";
@@ -84,6 +86,21 @@ const CACHE_BYTES: u64 = 16 << 20;
 const JOURNAL_BYTES: u64 = 512 << 20;
 
 impl Store {
+    /// The pending deliveries by instance and the finished ones' count, from the tables:
+    /// once, when the database opens.
+    fn count_deliveries(&self) -> Result<DeliveryTally> {
+        let snapshot = self.db.read_tx();
+        let mut pending = Vec::new();
+        for entry in self.pending.iter(&snapshot) {
+            let id = entry?.0;
+            if let Some(json) = self.deliveries.get(&snapshot, id)? {
+                let record: DeliveryRecord = parse(self.deliveries.name(), &json)?;
+                pending.push((record.instance, record.created_ms, id));
+            }
+        }
+        Ok(DeliveryTally::new(pending, self.finished.count(&snapshot)?))
+    }
+
     fn open(path: &Path) -> Result<Self> {
         let db = SingleWriterTxDatabase::builder(path)
             .cache_size(CACHE_BYTES)
@@ -359,6 +376,7 @@ struct Queue {
 pub struct Db {
     store: Arc<Store>,
     kv_cache: Arc<KvCache>,
+    tally: Arc<Mutex<DeliveryTally>>,
     /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
     /// The next delivery or event id; the committer stores it with every batch.
@@ -428,6 +446,7 @@ const MAX_BATCH: usize = 256;
 struct Committer {
     store: Arc<Store>,
     kv_cache: Arc<KvCache>,
+    tally: Arc<Mutex<DeliveryTally>>,
     faults: Option<faults::Faults>,
     /// Every commit up to this sequence is durable.
     durable: Arc<AtomicU64>,
@@ -514,8 +533,13 @@ impl Committer {
                 Ok(committed)
             })
             .collect::<Result<Vec<_>>>()?;
+        let changes = std::mem::take(&mut tables.changes);
         tables.commit(self.faults.as_ref())?;
         self.kv_cache.committed(&kv);
+        self.tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(changes);
         Ok(committed)
     }
 }
@@ -548,12 +572,14 @@ impl Db {
         tables
             .commit(faults.as_ref())
             .with_context(|| format!("cannot write the database in {}", data_dir.display()))?;
+        let tally = Arc::new(Mutex::new(store.count_deliveries()?));
         let durable = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel();
         let kv_cache = Arc::new(KvCache::default());
         let committer = Committer {
             store: store.clone(),
             kv_cache: kv_cache.clone(),
+            tally: tally.clone(),
             faults,
             durable: durable.clone(),
             next_id: next_id.clone(),
@@ -564,6 +590,7 @@ impl Db {
         Ok(Db {
             store,
             kv_cache,
+            tally,
             durable,
             next_id,
             queue: Mutex::new(Some(Queue {
@@ -673,29 +700,18 @@ impl Db {
         Ok(found)
     }
 
-    /// Per instance: pending deliveries, and when the oldest of them was asked for.
-    pub fn pending_by_instance(&self) -> Result<BTreeMap<String, (u64, u64)>> {
-        let snapshot = self.store.db.read_tx();
-        let deliveries = &self.store.deliveries;
-        let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for entry in self.store.pending.iter(&snapshot) {
-            if let Some(json) = deliveries.get(&snapshot, entry?.0)? {
-                let record: DeliveryRecord = parse(deliveries.name(), &json)?;
-                let count = counts.entry(record.instance).or_insert((0, u64::MAX));
-                count.0 += 1;
-                count.1 = count.1.min(record.created_ms);
-            }
-        }
-        Ok(counts)
+    fn tally(&self) -> std::sync::MutexGuard<'_, DeliveryTally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many deliveries are pending, and how many finished ones are kept.
-    pub fn delivery_counts(&self) -> Result<(u64, u64)> {
-        let snapshot = self.store.db.read_tx();
-        Ok((
-            self.store.pending.count(&snapshot)?,
-            self.store.finished.count(&snapshot)?,
-        ))
+    /// Per instance: pending deliveries, and when the oldest of them was asked for.
+    pub fn pending_by_instance(&self) -> BTreeMap<String, (u64, u64)> {
+        self.tally().pending_by_instance()
+    }
+
+    /// How many deliveries are durably pending, and how many finished ones are kept.
+    pub fn delivery_counts(&self) -> (u64, u64) {
+        self.tally().counts()
     }
 
     /// A send API record, by its id.
@@ -718,17 +734,46 @@ impl Db {
     }
 
     /// Messages reported since `since_ms`, for rates.
+    ///
+    /// Record ids are given one after another as records commit, and retention removes the
+    /// oldest first, so the ids kept have no gaps and their times grow with them (but for
+    /// calls committed together, a few ms apart). So the first record at `since_ms` or
+    /// later is found by bisecting ids, reading a few dozen records at most, not each one
+    /// of the last minute: a busy relay makes hundreds of thousands a minute.
     pub fn messages_since(&self, since_ms: u64) -> Result<usize> {
-        let table = &self.store.messages;
-        let mut count = 0;
-        for entry in table.iter(&self.store.db.read_tx()).rev() {
-            let observed: Observed<serde_json::Value> = parse(table.name(), &entry?.1)?;
-            if observed.at_ms < since_ms {
-                break;
-            }
-            count += 1;
+        #[derive(serde::Deserialize)]
+        struct At {
+            at_ms: u64,
         }
-        Ok(count)
+        let table = &self.store.messages;
+        let snapshot = self.store.db.read_tx();
+        // The id and time of the record at `id`, or of the first after it.
+        let at_or_after = |id: u64| -> Result<Option<(u64, u64)>> {
+            table
+                .from(&snapshot, id)
+                .next()
+                .transpose()?
+                .map(|(id, json)| Ok((id, parse::<At>(table.name(), &json)?.at_ms)))
+                .transpose()
+        };
+        let (Some(first), Some(last)) = (
+            table.iter(&snapshot).next(),
+            table.iter(&snapshot).next_back(),
+        ) else {
+            return Ok(0);
+        };
+        let (first, last) = (first?.0, last?.0);
+        // The first record as new as `since_ms` is in low..=high; high = last + 1: none is.
+        let (mut low, mut high) = (first, last + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match at_or_after(middle)? {
+                Some((id, at_ms)) if at_ms < since_ms => low = id + 1,
+                Some((id, _)) => high = id,
+                None => high = middle,
+            }
+        }
+        Ok((last + 1 - low) as usize)
     }
 
     /// The last status of every SIM the plugins reported.
@@ -753,6 +798,8 @@ struct Tables<'a> {
     next_id: &'a AtomicU64,
     /// The next message record id.
     next_message: u64,
+    /// What the transaction did to the delivery indexes, for the tally once it is durable.
+    changes: Vec<Change>,
 }
 
 impl<'a> Tables<'a> {
@@ -764,6 +811,7 @@ impl<'a> Tables<'a> {
             store,
             next_id,
             next_message,
+            changes: Vec::new(),
         })
     }
 
@@ -827,6 +875,12 @@ fn apply(tables: &mut Tables, commit: Commit) -> Result<Committed> {
         store
             .pending
             .insert(&mut tables.txn, record.id, commit.now_ms);
+        tables.changes.push(Change::Pending {
+            instance: record.instance.clone(),
+            created_ms: record.created_ms,
+            id: record.id,
+            pending: true,
+        });
         committed.deliveries.push(record);
     }
     for queued in &commit.events {
@@ -871,10 +925,19 @@ fn store_delivery(
     record: &DeliveryRecord,
     replaced_finished_at: Option<u64>,
 ) -> Result<()> {
-    let Tables { txn, store, .. } = tables;
-    if let Some(at_ms) = replaced_finished_at {
-        store.finished.remove(txn, (at_ms, record.id));
+    let Tables {
+        txn,
+        store,
+        changes,
+        ..
+    } = tables;
+    // Retention may have removed it since the caller read the record: count what goes.
+    if let Some(at_ms) = replaced_finished_at
+        && store.finished.take(txn, (at_ms, record.id))?.is_some()
+    {
+        changes.push(Change::Finished(-1));
     }
+    let pending = matches!(record.state, DeliveryState::Pending { .. });
     match &record.state {
         DeliveryState::Pending { next_attempt_ms } => {
             store.pending.insert(txn, record.id, *next_attempt_ms);
@@ -882,15 +945,27 @@ fn store_delivery(
         DeliveryState::Delivered { at_ms } | DeliveryState::Dead { at_ms, .. } => {
             store.pending.remove(txn, record.id);
             store.finished.insert(txn, (*at_ms, record.id), ());
+            changes.push(Change::Finished(1));
         }
     }
+    changes.push(Change::Pending {
+        instance: record.instance.clone(),
+        created_ms: record.created_ms,
+        id: record.id,
+        pending,
+    });
     store.deliveries.insert(txn, record.id, &json(record)?);
     Ok(())
 }
 
 /// Removes what `retention` no longer keeps, at most [`COMPACT_BATCH`] records of a kind.
 fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Compacted> {
-    let Tables { txn, store, .. } = tables;
+    let Tables {
+        txn,
+        store,
+        changes,
+        ..
+    } = tables;
     let age_ms = |hours: f64| (hours.max(0.0) * 3_600_000.0) as u64;
     let delivery_cutoff = now_ms.saturating_sub(age_ms(retention.deliveries_hours));
     let key_cutoff = now_ms.saturating_sub(age_ms(
@@ -904,6 +979,7 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
         .take(COMPACT_BATCH)
         .map(|entry| entry.map(|(key, ())| key))
         .collect::<Result<_>>()?;
+    changes.push(Change::Finished(-(old.len() as i64)));
     for (finished_ms, id) in old {
         store.finished.remove(txn, (finished_ms, id));
         if let Some(json) = store.deliveries.take(txn, id)? {
@@ -1357,7 +1433,7 @@ mod tests {
         })
         .unwrap();
         assert!(db.pending_deliveries().unwrap().is_empty());
-        assert_eq!(db.delivery_counts().unwrap(), (0, 1));
+        assert_eq!(db.delivery_counts(), (0, 1));
         // An operator's retry replaces the finished record: it leaves the finished index.
         record.state = DeliveryState::Pending {
             next_attempt_ms: 10_000,
@@ -1371,8 +1447,150 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(db.delivery_counts().unwrap(), (1, 0));
+        assert_eq!(db.delivery_counts(), (1, 0));
         assert_eq!(db.pending_deliveries().unwrap(), [(10_000, id)]);
+    }
+
+    #[test]
+    fn the_delivery_tally_follows_the_tables_through_every_change_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let counted_again = |db: &Db| {
+            let tally = db.store.count_deliveries().unwrap();
+            (tally.counts(), tally.pending_by_instance())
+        };
+        let held = |db: &Db| (db.delivery_counts(), db.pending_by_instance());
+        let update = |db: &Db, record: &DeliveryRecord, replaced_finished_at| {
+            db.commit(Commit {
+                instance: record.instance.clone(),
+                consumed: Consumed::DeliveryUpdated {
+                    record: record.clone(),
+                    replaced_finished_at,
+                },
+                ..Default::default()
+            })
+            .unwrap();
+            assert_eq!(held(db), counted_again(db));
+        };
+        let a = db.commit(commit("a", &[], &["1", "2", "3"])).unwrap();
+        let b = db.commit(commit("b", &[], &["1", "2"])).unwrap();
+        assert_eq!(
+            held(&db),
+            (
+                (5, 0),
+                BTreeMap::from([("a".into(), (3, 1_000)), ("b".into(), (2, 1_000))])
+            )
+        );
+        let mut delivered = a.deliveries[0].clone();
+        delivered.state = DeliveryState::Delivered { at_ms: 2_000 };
+        update(&db, &delivered, None);
+        let mut retried = b.deliveries[0].clone();
+        retried.state = DeliveryState::Pending {
+            next_attempt_ms: 2_100,
+        };
+        update(&db, &retried, None);
+        let mut dead = b.deliveries[1].clone();
+        dead.state = DeliveryState::Dead {
+            at_ms: 2_500,
+            reason: "gave up".into(),
+        };
+        update(&db, &dead, None);
+        // An operator retries the delivered one, and it is delivered again.
+        delivered.state = DeliveryState::Pending {
+            next_attempt_ms: 2_600,
+        };
+        update(&db, &delivered, Some(2_000));
+        delivered.state = DeliveryState::Delivered { at_ms: 3_000 };
+        update(&db, &delivered, None);
+        assert_eq!(held(&db).0, (3, 2));
+        // Retention at 2,600 keeps no finished delivery older: the dead one goes.
+        let retention = Retention {
+            deliveries_hours: 0.0,
+            ..Default::default()
+        };
+        db.commit(Commit {
+            instance: "a".into(),
+            compact: Some((retention, 2_600)),
+            ..Default::default()
+        })
+        .unwrap();
+        // An operator's retry of the dead one, read before retention removed it: the
+        // finished entry it replaces is gone already, and is not taken off again.
+        dead.state = DeliveryState::Pending {
+            next_attempt_ms: 2_700,
+        };
+        update(&db, &dead, Some(2_500));
+        assert_eq!(
+            held(&db),
+            (
+                (4, 1),
+                BTreeMap::from([("a".into(), (2, 1_000)), ("b".into(), (2, 1_000))])
+            )
+        );
+        let before = held(&db);
+        drop(db);
+        assert_eq!(held(&Db::open(dir.path()).unwrap()), before);
+    }
+
+    #[test]
+    fn messages_since_counts_the_records_from_a_time_on() {
+        use crate::model::{MessageKind, ReceivedMessage};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let message = |n: usize| {
+            Event::MessageReceived(ReceivedMessage {
+                id: n.to_string(),
+                sender: "Bank".into(),
+                recipient: "+1".into(),
+                text: "code 1234".into(),
+                kind: MessageKind::Sms,
+                received_at_ms: None,
+                device: None,
+                port: None,
+                iccid: None,
+                imsi: None,
+                code: None,
+            })
+        };
+        assert_eq!(db.messages_since(0).unwrap(), 0);
+        let times = [1_000, 2_000, 2_000, 2_000, 3_000, 5_000, 5_000, 8_000];
+        for (n, at_ms) in times.into_iter().enumerate() {
+            db.commit(Commit {
+                instance: "a".into(),
+                now_ms: at_ms,
+                observed: vec![message(n)],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let counted = |since: u64, times: &[u64]| times.iter().filter(|at| **at >= since).count();
+        for since in [
+            0, 1_000, 1_500, 2_000, 2_001, 3_000, 4_999, 5_000, 7_000, 8_000, 9_000,
+        ] {
+            assert_eq!(
+                db.messages_since(since).unwrap(),
+                counted(since, &times),
+                "since {since}"
+            );
+        }
+        // Retention removes the oldest: the count starts where the kept records do.
+        let retention = Retention {
+            messages_hours: 0.0,
+            ..Default::default()
+        };
+        db.commit(Commit {
+            instance: "a".into(),
+            compact: Some((retention, 2_500)),
+            ..Default::default()
+        })
+        .unwrap();
+        for since in [0, 2_000, 3_000, 6_000] {
+            assert_eq!(
+                db.messages_since(since).unwrap(),
+                counted(since, &times[4..]),
+                "since {since}"
+            );
+        }
     }
 
     #[test]

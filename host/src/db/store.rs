@@ -234,6 +234,18 @@ impl<K: Codec, V: Codec> Table<K, V> {
         )
     }
 
+    /// The entries from `start` on, in key order.
+    pub fn from(
+        &self,
+        reader: &impl Readable,
+        start: K::In<'_>,
+    ) -> impl DoubleEndedIterator<Item = Result<(K::Out, V::Out)>> + '_ {
+        self.range_bytes(
+            reader,
+            (Bound::Included(encoded::<K>(start)), Bound::Unbounded),
+        )
+    }
+
     /// The entries between encoded bounds, as [`TextPair::bounds`] gives them.
     pub fn range_bytes(
         &self,
