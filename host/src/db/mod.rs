@@ -18,6 +18,7 @@ mod store;
 mod tally;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -750,7 +751,7 @@ impl Db {
         // The id and time of the record at `id`, or of the first after it.
         let at_or_after = |id: u64| -> Result<Option<(u64, u64)>> {
             table
-                .from(&snapshot, id)
+                .range(&snapshot, (Bound::Included(id), Bound::Unbounded))
                 .next()
                 .transpose()?
                 .map(|(id, json)| Ok((id, parse::<At>(table.name(), &json)?.at_ms)))
@@ -975,7 +976,10 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
     let mut compacted = Compacted::default();
     let old: Vec<(u64, u64)> = store
         .finished
-        .before(txn, (delivery_cutoff, 0))
+        .range(
+            txn,
+            (Bound::Unbounded, Bound::Excluded((delivery_cutoff, 0))),
+        )
         .take(COMPACT_BATCH)
         .map(|entry| entry.map(|(key, ())| key))
         .collect::<Result<_>>()?;
@@ -996,7 +1000,7 @@ fn compact(tables: &mut Tables, retention: &Retention, now_ms: u64) -> Result<Co
     }
     let expired: Vec<((u64, u64), (String, String))> = store
         .retired
-        .before(txn, (key_cutoff, 0))
+        .range(txn, (Bound::Unbounded, Bound::Excluded((key_cutoff, 0))))
         .take(COMPACT_BATCH)
         .collect::<Result<_>>()?;
     for (at, (instance, key)) in expired {
@@ -1134,6 +1138,15 @@ mod tests {
     impl Db {
         fn commit(&self, commit: Commit) -> Result<Committed> {
             self.submit(commit).wait()
+        }
+
+        fn run_retention(&self, retention: Retention, now_ms: u64) {
+            self.commit(Commit {
+                instance: "simrelay".into(),
+                compact: Some((retention, now_ms)),
+                ..Default::default()
+            })
+            .unwrap();
         }
     }
 
@@ -1394,12 +1407,7 @@ mod tests {
             messages_hours: 0.0,
             ..Default::default()
         };
-        db.commit(Commit {
-            instance: "simrelay".into(),
-            compact: Some((retention, 3_000)),
-            ..Default::default()
-        })
-        .unwrap();
+        db.run_retention(retention, 3_000);
         assert!(db.sent_message("out-1").unwrap().is_none(), "retention");
     }
 
@@ -1508,12 +1516,7 @@ mod tests {
             deliveries_hours: 0.0,
             ..Default::default()
         };
-        db.commit(Commit {
-            instance: "a".into(),
-            compact: Some((retention, 2_600)),
-            ..Default::default()
-        })
-        .unwrap();
+        db.run_retention(retention, 2_600);
         // An operator's retry of the dead one, read before retention removed it: the
         // finished entry it replaces is gone already, and is not taken off again.
         dead.state = DeliveryState::Pending {
@@ -1578,12 +1581,7 @@ mod tests {
             messages_hours: 0.0,
             ..Default::default()
         };
-        db.commit(Commit {
-            instance: "a".into(),
-            compact: Some((retention, 2_500)),
-            ..Default::default()
-        })
-        .unwrap();
+        db.run_retention(retention, 2_500);
         for since in [0, 2_000, 3_000, 6_000] {
             assert_eq!(
                 db.messages_since(since).unwrap(),

@@ -222,28 +222,14 @@ impl<K: Codec, V: Codec> Table<K, V> {
         self.entries(reader.iter(&self.keyspace))
     }
 
-    /// The entries before `end`, in key order.
-    pub fn before(
+    /// The entries within `bounds`, in key order.
+    pub fn range(
         &self,
         reader: &impl Readable,
-        end: K::In<'_>,
+        bounds: (Bound<K::In<'_>>, Bound<K::In<'_>>),
     ) -> impl DoubleEndedIterator<Item = Result<(K::Out, V::Out)>> + '_ {
-        self.range_bytes(
-            reader,
-            (Bound::Unbounded, Bound::Excluded(encoded::<K>(end))),
-        )
-    }
-
-    /// The entries from `start` on, in key order.
-    pub fn from(
-        &self,
-        reader: &impl Readable,
-        start: K::In<'_>,
-    ) -> impl DoubleEndedIterator<Item = Result<(K::Out, V::Out)>> + '_ {
-        self.range_bytes(
-            reader,
-            (Bound::Included(encoded::<K>(start)), Bound::Unbounded),
-        )
+        let (start, end) = bounds;
+        self.range_bytes(reader, (start.map(encoded::<K>), end.map(encoded::<K>)))
     }
 
     /// The entries between encoded bounds, as [`TextPair::bounds`] gives them.
