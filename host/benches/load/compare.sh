@@ -7,6 +7,8 @@
 #   BASELINE, CANDIDATE: simrelay binaries, e.g. target/release/simrelay of two commits copied aside;
 #   rate: webhooks/s, sent open loop by `chain drive`; without it, full load (wrk -t1 -c16).
 # Needs the plugins built (make build), python3, curl; installs wrk (Debian) when missing.
+# Disk bytes are the host's write_bytes (/proc/<pid>/io): what it dirtied in the page cache, which
+# can be far from what the device wrote (compare /proc/diskstats when that matters).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 baseline=$(realpath "$1")
