@@ -737,8 +737,9 @@ impl Db {
     /// Messages reported since `since_ms`, for rates.
     ///
     /// Record ids are given one after another as records commit, and retention removes the
-    /// oldest first, so the ids kept have no gaps and their times grow with them (but for
-    /// calls committed together, a few ms apart). So the first record at `since_ms` or
+    /// oldest first, so the ids kept have no gaps (were there any, the count would include
+    /// them) and their times grow with them (but for calls committed together, a few ms
+    /// apart). So the first record at `since_ms` or
     /// later is found by bisecting ids, reading a few dozen records at most, not each one
     /// of the last minute: a busy relay makes hundreds of thousands a minute.
     pub fn messages_since(&self, since_ms: u64) -> Result<usize> {
@@ -764,14 +765,14 @@ impl Db {
             return Ok(0);
         };
         let (first, last) = (first?.0, last?.0);
-        // The first record as new as `since_ms` is in low..=high; high = last + 1: none is.
+        // Every record below `low` is older than `since_ms`, and `high` or the first record
+        // after it is not (last + 1: none is). Each turn narrows the range, gaps or not.
         let (mut low, mut high) = (first, last + 1);
         while low < high {
             let middle = low + (high - low) / 2;
             match at_or_after(middle)? {
                 Some((id, at_ms)) if at_ms < since_ms => low = id + 1,
-                Some((id, _)) => high = id,
-                None => high = middle,
+                _ => high = middle,
             }
         }
         Ok((last + 1 - low) as usize)
