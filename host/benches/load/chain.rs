@@ -3,7 +3,8 @@
 //! - `chain mock ADDR`: a marketplace that accepts every `PUSH_SMS` with SUCCESS. It counts
 //!   the pushes, and when an SMS text reads `t=<unix µs>` (as the driver sends them), the
 //!   time from that instant to the push. `GET /stats` answers the count and latencies so
-//!   far as JSON; `POST /reset` starts again.
+//!   far as JSON, with each push over the 5 ms target as `[ms since the first push, µs]`,
+//!   to see whether slow pushes come in bursts; `POST /reset` starts again.
 //! - `chain drive URL RATE SECONDS`: posts Ejoin `recv-sms` webhooks to URL at a steady
 //!   RATE per second (open loop: a slow answer does not slow the sender), each a new SMS
 //!   whose text is its send time, and prints how many were acknowledged and how fast.
@@ -44,7 +45,12 @@ struct Pushes {
     first_us: u64,
     last_us: u64,
     latencies_us: Vec<u64>,
+    /// (arrival, latency) of each push slower than [`SLOW_US`], in µs.
+    slow: Vec<(u64, u64)>,
 }
+
+/// Webhook to push, the half-load p99 target.
+const SLOW_US: u64 = 5_000;
 
 impl Pushes {
     fn stats(&mut self) -> Value {
@@ -57,6 +63,11 @@ impl Pushes {
             "p50_us": quantile(&self.latencies_us, 0.50),
             "p99_us": quantile(&self.latencies_us, 0.99),
             "max_us": self.latencies_us.last().copied().unwrap_or(0),
+            "slow": self
+                .slow
+                .iter()
+                .map(|(at, latency)| json!([(at - self.first_us) / 1000, latency]))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -97,7 +108,11 @@ async fn answer(
             }
             pushes.last_us = now;
             if let Some(sent) = sent {
-                pushes.latencies_us.push(now.saturating_sub(sent));
+                let latency = now.saturating_sub(sent);
+                pushes.latencies_us.push(latency);
+                if latency > SLOW_US {
+                    pushes.slow.push((now, latency));
+                }
             }
             json!({ "status": "SUCCESS" })
         }
