@@ -761,9 +761,9 @@ impl Db {
     /// Record ids are given one after another as records commit, and retention removes the
     /// oldest first, so the ids kept have no gaps (were there any, the count would include
     /// them) and their times grow with them (but for calls committed together, a few ms
-    /// apart). So the first record at `since_ms` or
-    /// later is found by bisecting ids, reading a few dozen records at most, not each one
-    /// of the last minute: a busy relay makes hundreds of thousands a minute.
+    /// apart). So the first record at `since_ms` or later is found by bisecting ids,
+    /// reading a few dozen records at most, not each one of the last minute: a busy relay
+    /// makes hundreds of thousands a minute.
     pub fn messages_since(&self, since_ms: u64) -> Result<usize> {
         #[derive(serde::Deserialize)]
         struct At {

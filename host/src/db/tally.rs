@@ -35,13 +35,16 @@ impl DeliveryTally {
             ..Default::default()
         };
         for (instance, created_ms, id) in pending {
-            tally
-                .pending
-                .entry(instance)
-                .or_default()
-                .insert((created_ms, id));
+            tally.add_pending(instance, created_ms, id);
         }
         tally
+    }
+
+    fn add_pending(&mut self, instance: String, created_ms: u64, id: u64) {
+        self.pending
+            .entry(instance)
+            .or_default()
+            .insert((created_ms, id));
     }
 
     pub fn apply(&mut self, changes: Vec<Change>) {
@@ -52,12 +55,7 @@ impl DeliveryTally {
                     created_ms,
                     id,
                     pending: true,
-                } => {
-                    self.pending
-                        .entry(instance)
-                        .or_default()
-                        .insert((created_ms, id));
-                }
+                } => self.add_pending(instance, created_ms, id),
                 Change::Pending {
                     instance,
                     created_ms,
