@@ -6,14 +6,23 @@ use crate::{
     batch::item::Item, snapshot_nonce::SnapshotNonce, Database, Guard, HashMap, Iter, Keyspace,
     OwnedWriteBatch, PersistMode, Readable,
 };
-use lsm_tree::{AbstractTree, InternalValue, Memtable, SeqNo, UserKey, UserValue};
-use std::{ops::RangeBounds, sync::Arc};
+use lsm_tree::{AbstractTree, InternalValue, Memtable, SeqNo, UserKey, UserValue, ValueType};
+use std::{collections::BTreeMap, ops::RangeBounds, sync::Arc};
 
-fn ignore_tombstone_value(item: InternalValue) -> Option<InternalValue> {
-    if item.is_tombstone() {
-        None
-    } else {
-        Some(item)
+/// A transaction's own writes to one keyspace: the last write of each key.
+///
+/// (simrelay's patch) A `BTreeMap` rather than a skip list: a transaction has one writer,
+/// and its writes used to go into two skip lists, this one and then the keyspace's.
+pub(crate) type WriteSet = BTreeMap<UserKey, (ValueType, UserValue)>;
+
+/// Above every sequence number a keyspace gives, so that a transaction's own writes win
+/// over the store's when its reads merge the two.
+const OWN_WRITES_SEQNO: SeqNo = 0x8000_0000_0000_0000;
+
+fn visible_value((value_type, value): &(ValueType, UserValue)) -> Option<&UserValue> {
+    match value_type {
+        ValueType::Value | ValueType::Indirection => Some(value),
+        ValueType::Tombstone | ValueType::WeakTombstone => None,
     }
 }
 
@@ -24,20 +33,13 @@ pub(super) struct BaseTransaction {
     /// Ephemeral transaction changes
     ///
     /// Used for RYOW (read-your-own-writes)
-    pub(crate) memtables: HashMap<Keyspace, Arc<Memtable>>,
+    pub(crate) writes: HashMap<Keyspace, WriteSet>,
 
     /// The snapshot, for repeatable reads
     pub(crate) nonce: SnapshotNonce,
 
     /// Durability level used, see [`PersistMode`].
     pub(crate) durability: Option<PersistMode>,
-
-    /// Current sequence number
-    ///
-    /// The sequence number starts at 0b1000...0000 and is incremented with each write.
-    ///
-    /// This ensures that writes within the transaction are always newer than any existing data.
-    pub(crate) seqno: SeqNo,
 }
 
 impl Readable for BaseTransaction {
@@ -49,10 +51,8 @@ impl Readable for BaseTransaction {
         let keyspace = keyspace.as_ref();
         let key = key.as_ref();
 
-        if let Some(memtable) = self.memtables.get(keyspace) {
-            if let Some(item) = memtable.get(key, SeqNo::MAX) {
-                return Ok(ignore_tombstone_value(item).map(|x| x.value));
-            }
+        if let Some(written) = self.own_write(keyspace, key) {
+            return Ok(visible_value(written).cloned());
         }
 
         let res = keyspace.tree.get(key, self.nonce.instant)?;
@@ -68,10 +68,8 @@ impl Readable for BaseTransaction {
         let keyspace = keyspace.as_ref();
         let key = key.as_ref();
 
-        if let Some(memtable) = self.memtables.get(keyspace) {
-            if let Some(item) = memtable.get(key, SeqNo::MAX) {
-                return Ok(!item.key.is_tombstone());
-            }
+        if let Some(written) = self.own_write(keyspace, key) {
+            return Ok(visible_value(written).is_some());
         }
 
         let contains = keyspace.tree.contains_key(key, self.nonce.instant)?;
@@ -95,12 +93,10 @@ impl Readable for BaseTransaction {
         let keyspace = keyspace.as_ref();
         let key = key.as_ref();
 
-        if let Some(memtable) = self.memtables.get(keyspace) {
-            if let Some(item) = memtable.get(key, SeqNo::MAX) {
-                // NOTE: Values are limited to u32 in lsm-tree
-                #[expect(clippy::cast_possible_truncation)]
-                return Ok(ignore_tombstone_value(item).map(|x| x.value.len() as u32));
-            }
+        if let Some(written) = self.own_write(keyspace, key) {
+            // NOTE: Values are limited to u32 in lsm-tree
+            #[expect(clippy::cast_possible_truncation)]
+            return Ok(visible_value(written).map(|value| value.len() as u32));
         }
 
         let res = keyspace.tree.size_of(key, self.nonce.instant)?;
@@ -111,13 +107,9 @@ impl Readable for BaseTransaction {
     fn iter(&self, keyspace: impl AsRef<Keyspace>) -> Iter {
         let keyspace = keyspace.as_ref();
 
-        let iter = keyspace.tree.iter(
-            self.nonce.instant,
-            self.memtables
-                .get(keyspace)
-                .cloned()
-                .map(|mt| (mt, self.seqno)),
-        );
+        let iter = keyspace
+            .tree
+            .iter(self.nonce.instant, self.own_writes_memtable(keyspace));
 
         Iter::new(self.nonce.clone(), iter)
     }
@@ -132,10 +124,7 @@ impl Readable for BaseTransaction {
         let iter = keyspace.tree.range(
             range,
             self.nonce.instant,
-            self.memtables
-                .get(keyspace)
-                .cloned()
-                .map(|mt| (mt, self.seqno)),
+            self.own_writes_memtable(keyspace),
         );
 
         Iter::new(self.nonce.clone(), iter)
@@ -147,10 +136,7 @@ impl Readable for BaseTransaction {
         let iter = keyspace.tree.prefix(
             prefix,
             self.nonce.instant,
-            self.memtables
-                .get(keyspace)
-                .cloned()
-                .map(|mt| (mt, self.seqno)),
+            self.own_writes_memtable(keyspace),
         );
 
         Iter::new(self.nonce.clone(), iter)
@@ -161,11 +147,43 @@ impl BaseTransaction {
     pub(crate) fn new(db: Database, nonce: SnapshotNonce) -> Self {
         Self {
             db,
-            memtables: HashMap::default(),
+            writes: HashMap::default(),
             nonce,
             durability: None,
-            seqno: 0x8000_0000_0000_0000,
         }
+    }
+
+    fn own_write(&self, keyspace: &Keyspace, key: &[u8]) -> Option<&(ValueType, UserValue)> {
+        self.writes.get(keyspace)?.get(key)
+    }
+
+    /// The transaction's writes to `keyspace` as a memtable, for scans that merge them with
+    /// the store's entries. Built per scan: the committer scans rarely and writes often.
+    fn own_writes_memtable(&self, keyspace: &Keyspace) -> Option<(Arc<Memtable>, SeqNo)> {
+        let writes = self.writes.get(keyspace)?;
+        let memtable = Memtable::new(0);
+        for (key, (value_type, value)) in writes {
+            memtable.insert(InternalValue::from_components(
+                key.clone(),
+                value.clone(),
+                OWN_WRITES_SEQNO,
+                *value_type,
+            ));
+        }
+        Some((Arc::new(memtable), OWN_WRITES_SEQNO + 1))
+    }
+
+    fn write(
+        &mut self,
+        keyspace: &Keyspace,
+        key: UserKey,
+        value_type: ValueType,
+        value: UserValue,
+    ) {
+        self.writes
+            .entry(keyspace.clone())
+            .or_default()
+            .insert(key, (value_type, value));
     }
 
     /// Sets the durability level.
@@ -264,17 +282,7 @@ impl BaseTransaction {
         key: K,
         value: V,
     ) {
-        self.memtables
-            .entry(keyspace.clone())
-            .or_insert_with(|| Arc::new(Memtable::new(0)))
-            .insert(lsm_tree::InternalValue::from_components(
-                key,
-                value,
-                self.seqno,
-                lsm_tree::ValueType::Value,
-            ));
-
-        self.seqno += 1;
+        self.write(keyspace, key.into(), ValueType::Value, value.into());
     }
 
     /// Removes an item from the keyspace.
@@ -282,12 +290,12 @@ impl BaseTransaction {
     /// The key may be up to 65536 bytes long.
     /// Shorter keys result in better performance.
     pub(super) fn remove<K: Into<UserKey>>(&mut self, keyspace: &Keyspace, key: K) {
-        self.memtables
-            .entry(keyspace.clone())
-            .or_insert_with(|| Arc::new(Memtable::new(0)))
-            .insert(lsm_tree::InternalValue::new_tombstone(key, self.seqno));
-
-        self.seqno += 1;
+        self.write(
+            keyspace,
+            key.into(),
+            ValueType::Tombstone,
+            UserValue::from(&[][..]),
+        );
     }
 
     /// Removes an item from the keyspace, leaving behind a weak tombstone.
@@ -300,12 +308,12 @@ impl BaseTransaction {
     /// The key may be up to 65536 bytes long.
     /// Shorter keys result in better performance.
     pub(super) fn remove_weak<K: Into<UserKey>>(&mut self, keyspace: &Keyspace, key: K) {
-        self.memtables
-            .entry(keyspace.clone())
-            .or_insert_with(|| Arc::new(Memtable::new(0)))
-            .insert(lsm_tree::InternalValue::new_weak_tombstone(key, self.seqno));
-
-        self.seqno += 1;
+        self.write(
+            keyspace,
+            key.into(),
+            ValueType::WeakTombstone,
+            UserValue::from(&[][..]),
+        );
     }
 
     /// Commits the transaction.
@@ -315,7 +323,7 @@ impl BaseTransaction {
     /// Will return `Err` if an IO error occurs.
     pub(super) fn commit(self) -> crate::Result<()> {
         // skip all the logic if no keys were written to
-        if self.memtables.is_empty() {
+        if self.writes.is_empty() {
             return Ok(());
         }
 
@@ -324,24 +332,11 @@ impl BaseTransaction {
         // that way, we don't have to move the memtable(s) into the batch first to commit
         let mut batch = OwnedWriteBatch::new(self.db).durability(self.durability);
 
-        for (keyspace, memtable) in self.memtables {
-            let mut prev_key: Option<UserKey> = None;
-
-            for item in memtable.iter() {
-                if let Some(prev_key) = &prev_key {
-                    if item.key.user_key == prev_key {
-                        continue;
-                    }
-                }
-
-                batch.data.push(Item::new(
-                    keyspace.clone(),
-                    item.key.user_key.clone(),
-                    item.value.clone(),
-                    item.key.value_type,
-                ));
-
-                prev_key = Some(item.key.user_key.clone());
+        for (keyspace, writes) in self.writes {
+            for (key, (value_type, value)) in writes {
+                batch
+                    .data
+                    .push(Item::new(keyspace.clone(), key, value, value_type));
             }
         }
 

@@ -439,7 +439,7 @@ impl WriteTransaction {
     pub fn commit(self) -> crate::Result<Result<(), Conflict>> {
         // NOTE: We have no write set, so we are basically
         // a read-only transaction, so nothing to do here
-        if self.inner.memtables.is_empty() {
+        if self.inner.writes.is_empty() {
             return Ok(Ok(()));
         }
 
