@@ -337,6 +337,49 @@ mod tests {
         assert_eq!(stored, expected[..2]);
     }
 
+    /// Bytes that make compares interesting: zero, the terminator's, both sides of the sign
+    /// bit, the top; and any other.
+    fn key_byte() -> impl proptest::strategy::Strategy<Value = u8> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(0x7F),
+            Just(0x80),
+            Just(0xFF),
+            any::<u8>()
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Keys come back in the order of their bytes, whatever order they went in: from
+        /// the transaction that wrote them (its writes merged into the scan) and from the
+        /// store once it commits.
+        #[test]
+        fn keys_come_back_in_the_order_of_their_bytes(
+            keys in proptest::collection::vec(proptest::collection::vec(key_byte(), 1..10), 1..80)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = SingleWriterTxDatabase::builder(dir.path()).open().unwrap();
+            let table: Table<Bytes, Unit> = Table::open(&db, "t").unwrap();
+            let mut txn = db.write_tx();
+            for key in &keys {
+                table.insert(&mut txn, key, ());
+            }
+            let mut expected = keys.clone();
+            expected.sort();
+            expected.dedup();
+            let in_transaction: Vec<Vec<u8>> =
+                table.iter(&txn).map(|entry| entry.unwrap().0).collect();
+            proptest::prop_assert_eq!(&in_transaction, &expected);
+            txn.commit().unwrap();
+            let snapshot = db.read_tx();
+            let stored: Vec<Vec<u8>> = table.iter(&snapshot).map(|entry| entry.unwrap().0).collect();
+            proptest::prop_assert_eq!(&stored, &expected);
+        }
+    }
+
     #[test]
     fn the_bounds_of_a_first_part_hold_its_keys_only() {
         let within = |key: &(&str, &str), bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>)| {
