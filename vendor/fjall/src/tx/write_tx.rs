@@ -329,7 +329,7 @@ impl BaseTransaction {
 
         // TODO: instead of using batch, write batch::commit as a generic function that takes
         // a impl Iterator<BatchItem>
-        // that way, we don't have to move the memtable(s) into the batch first to commit
+        // that way, we don't have to move the write sets into the batch first to commit
         let mut batch = OwnedWriteBatch::new(self.db).durability(self.durability);
 
         for (keyspace, writes) in self.writes {
